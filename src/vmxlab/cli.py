@@ -1,0 +1,274 @@
+"""Command line: argparse front end over the library (no logic the library lacks).
+
+Exit status: 0 success; 1 the VMCS or run failed; 2 bad input or usage, with one
+line naming the file, field or value.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import BadInput
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.replace("_", ""), 0)
+    except ValueError:
+        raise BadInput(f"{text!r} is not a number") from None
+
+
+# ---- decode ---------------------------------------------------------------------
+def _decode_field(args) -> int:
+    from .arch import fields as F
+    if args.list:
+        for f in F.FIELDS:
+            print(f"{f.encoding:#06x}  {f.name:<32} {f.width:<8} {f.type}")
+        return 0
+    if not args.what:
+        raise BadInput("decode field needs a NAME or ENCODING (or --list)")
+    key = args.what
+    try:
+        enc = int(key, 0)
+    except ValueError:
+        enc = None
+    if enc is not None:
+        d = F.decode_encoding(enc)
+        field = F.BY_ENCODING.get(enc & ~1)
+        if field is None or d.reserved_bits or (d.access == "high" and field.width != "64"):
+            raise BadInput(f"unknown VMCS field {enc:#x} (encoding bits say: {d.width}-width, "
+                           f"{d.type}, index {d.index}, {d.access} access)")
+        access = d.access
+    else:
+        field = F.lookup(key)
+        if field is None:
+            raise BadInput(f"unknown VMCS field {key!r}")
+        access = "full"
+    width = "natural width" if field.width == "natural" else f"{field.width}-bit"
+    print(f"{field.name}{' (HIGH access: bits 63:32)' if access == 'high' else ''}")
+    print(f"  encoding  {field.encoding:#06x}{f' (high {field.encoding | 1:#06x})' if field.width == '64' else ''}")
+    print(f"  width     {width}")
+    print(f"  type      {field.type}{' (VM-exit information)' if field.type == 'read-only' else ''}")
+    print(f"  index     {field.index}")
+    print(f"  access    {access}")
+    print(f"  SDM name  {field.sdm}")
+    if field.aliases:
+        print(f"  aliases   {', '.join(field.aliases)}")
+    if field.requires:
+        print(f"  exists with {' or '.join(field.requires)}")
+    return 0
+
+
+def _decode_exit(args) -> int:
+    from .arch import exits as X
+    value = _int(args.what)
+    r = X.lookup(value)
+    flags = [name for name, v in X.EXIT_REASON.decode(value).items() if name != "basic" and v]
+    name = r.name if r else "unknown"
+    print(f"{value & 0xFFFF} {name}: {r.sdm if r else 'not an exit reason in the SDM tables'}")
+    if flags:
+        print(f"  flags: {', '.join(flags)}")
+    if r is None:
+        return 2
+    return 0
+
+
+def _decode_error(args) -> int:
+    from .arch import instruction_errors as E
+    e = E.lookup(args.what)
+    if e is None:
+        raise BadInput(f"unknown VM-instruction error {args.what!r} (1-28)")
+    print(f"{e.number} {e.name}: {e.meaning}")
+    return 0
+
+
+def _decode_ar(args) -> int:
+    from .arch import segments as S
+    value = _int(args.what)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise BadInput(f"access rights {value:#x} are wider than 32 bits")
+    print(f"{value:#07x}: {S.describe_ar(value)}")
+    for name, meaning in S.AR.describe(value):
+        print(f"  {name:<16} {meaning}")
+    return 0
+
+
+def _decode_controls(args) -> int:
+    from .arch import controls as C
+    from .arch import fields as F
+    field = F.lookup(args.what)
+    if field is None or field.name not in C.CONTROL_FIELDS:
+        raise BadInput(f"{args.what!r} is not a control field ({', '.join(C.CONTROL_FIELDS)})")
+    if args.value is None:
+        raise BadInput("decode controls needs FIELD VALUE")
+    value = _int(args.value)
+    cf = C.CONTROL_FIELDS[field.name]
+    if not 0 <= value < 1 << cf.bits:
+        raise BadInput(f"{field.name}: value {value:#x} is wider than {cf.bits} bits")
+    print(f"{field.name} = {value:#x}")
+    for n in C.names_of(field.name, value):
+        print(f"  {n}")
+    if args.cpu:
+        from .caps import load
+        p = load(args.cpu)
+        must1, may1, msr = p.allowed(field.name)
+        bad1 = value & ~may1
+        bad0 = must1 & ~value
+        print(f"against {p.name} ({msr}):")
+        if bad1:
+            print(f"  set but not allowed (allowed-1 is 0): {', '.join(C.names_of(field.name, bad1))}")
+        if bad0:
+            print(f"  clear but required (allowed-0 is 1): {', '.join(C.names_of(field.name, bad0))}")
+        if not bad0 and not bad1:
+            print("  every bit allowed")
+        return 1 if bad0 or bad1 else 0
+    return 0
+
+
+def _decode_qualification(args) -> int:
+    from .arch import exits as X
+    r = X.lookup(args.what)
+    if r is None:
+        raise BadInput(f"unknown exit reason {args.what!r}")
+    if args.value is None:
+        raise BadInput("decode qualification needs REASON VALUE")
+    value = _int(args.value)
+    if not 0 <= value < 1 << 64:
+        raise BadInput(f"qualification {value:#x} is wider than 64 bits")
+    layout = X.QUALIFICATIONS.get(r.number)
+    print(f"{r.name} qualification {value:#x}")
+    if layout is None:
+        print("  (the SDM defines no qualification layout for this exit reason: value is 0 or reserved)")
+        return 0
+    if r.number == 0:
+        print("  (for #DB; for #PF it is the linear address (CR2), otherwise 0)")
+    for name, meaning in layout.describe(value):
+        print(f"  {name:<20} {meaning}")
+    return 0
+
+
+# ---- caps, demo ---------------------------------------------------------------------
+def _read_live_msrs() -> dict[int, int]:
+    from .arch import msrs as M
+    path = "/dev/cpu/0/msr"
+    if not os.path.exists(path):
+        raise BadInput(f"{path} does not exist here (no msr driver: try 'modprobe msr' as root)")
+    out = {}
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise BadInput(f"{path}: cannot open ({e.strerror})") from None
+    try:
+        for m in M.VMX_CAPABILITY_MSRS:
+            try:
+                out[m.index] = int.from_bytes(os.pread(fd, 8, m.index), "little")
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    if M.IA32_VMX_BASIC not in out:
+        raise BadInput(f"{path}: IA32_VMX_BASIC cannot be read (this processor has no VMX)")
+    return out
+
+
+def _cmd_caps(args) -> int:
+    from .caps import load
+    from .caps.describe import describe_profile
+    from .caps.profile import Profile, shipped
+    if args.live:
+        from .caps.profile import from_dict
+        msrs = _read_live_msrs()
+        profile = from_dict({"name": "live", "msrs": {hex(k): hex(v) for k, v in msrs.items()}}, "live")
+    elif args.list:
+        for name in shipped():
+            p = load(name)
+            print(f"{name:<18} {p.description}")
+        return 0
+    else:
+        profile = load(args.profile)
+    assert isinstance(profile, Profile)
+    print("\n".join(describe_profile(profile)))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .caps import adjust, adjust_cr, load
+    from .caps.describe import format_adjustment, format_cr_adjustment
+    from .hypervisor.seed import SEED_CONTROLS
+    from .arch import registers as R
+    p = load(args.cpu)
+    print(f"vmxlab: the seed's VMCS controls adjusted through {p.name} ({p.description})")
+    print(f"IA32_VMX_BASIC bit 55 (TRUE capability MSRs): {'set' if p.true_ctls else 'clear'}")
+    print()
+    for field, wanted in SEED_CONTROLS.items():
+        print("\n".join(format_adjustment(adjust(p, field, wanted))))
+    cr0 = R.CR0_PE | R.CR0_MP | R.CR0_ET | R.CR0_NE | R.CR0_WP | R.CR0_AM | R.CR0_PG
+    cr4 = R.CR4_PAE | R.CR4_PGE | 0x600
+    print("\n".join(format_cr_adjustment(adjust_cr(p, "CR0", cr0))))
+    print("\n".join(format_cr_adjustment(adjust_cr(p, "CR4", cr4))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="vmxlab", description="Intel VT-x (VMX) toolkit: SDM tables, VMCS, "
+                 "VM-entry checks, simulated VMX processor.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="the main job (see README)")
+    d.add_argument("--cpu", metavar="PROFILE", help="capability profile (name or JSON file)")
+    d.set_defaults(func=_cmd_demo)
+
+    c = sub.add_parser("caps", help="decoded capabilities of a profile, per control bit")
+    c.add_argument("profile", nargs="?", metavar="PROFILE|FILE")
+    c.add_argument("--live", action="store_true", help="read this processor's MSRs (/dev/cpu/0/msr)")
+    c.add_argument("--list", action="store_true", help="list the shipped profiles")
+    c.set_defaults(func=_cmd_caps)
+
+    dec = sub.add_parser("decode", help="one fact from the tables")
+    dsub = dec.add_subparsers(dest="what_kind", required=True, parser_class=_Parser)
+    f = dsub.add_parser("field", help="a VMCS field by name or encoding")
+    f.add_argument("what", nargs="?", metavar="NAME|ENCODING")
+    f.add_argument("--list", action="store_true", help="every field, one line each")
+    f.set_defaults(func=_decode_field)
+    e = dsub.add_parser("exit", help="a basic exit reason (or an exit-reason field value)")
+    e.add_argument("what", metavar="N")
+    e.set_defaults(func=_decode_exit)
+    er = dsub.add_parser("error", help="a VM-instruction error number")
+    er.add_argument("what", metavar="N")
+    er.set_defaults(func=_decode_error)
+    a = dsub.add_parser("ar", help="segment access rights in VMCS format")
+    a.add_argument("what", metavar="VALUE")
+    a.set_defaults(func=_decode_ar)
+    co = dsub.add_parser("controls", help="names of the set bits of a control value")
+    co.add_argument("what", metavar="FIELD")
+    co.add_argument("value", nargs="?", metavar="VALUE")
+    co.add_argument("--cpu", metavar="PROFILE", help="also say which bits the profile does not allow")
+    co.set_defaults(func=_decode_controls)
+    q = dsub.add_parser("qualification", help="an exit qualification for an exit reason")
+    q.add_argument("what", metavar="REASON")
+    q.add_argument("value", nargs="?", metavar="VALUE")
+    q.set_defaults(func=_decode_qualification)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except BadInput as e:
+        print(f"vmxlab: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""guests layer (see DESIGN.md)."""

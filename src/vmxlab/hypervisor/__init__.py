@@ -1,0 +1,1 @@
+"""hypervisor layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""vmx layer (see DESIGN.md)."""
