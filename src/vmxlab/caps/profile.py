@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..arch import capabilities as CAP
 from ..arch import controls as C
+from ..arch import cpuid as CPUID
 from ..arch import fields as F
 from ..arch import msrs as M
 from ..errors import BadInput
@@ -169,6 +170,31 @@ class Profile:
     # -- CPUID -----------------------------------------------------------------------
     def cpuid_leaf(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int] | None:
         return self.cpuid.get((leaf, subleaf)) or self.cpuid.get((leaf, -1))
+
+    def has(self, feature: str) -> bool:
+        """Does the processor report a CPUID feature (arch.cpuid.FEATURES)?
+
+        Without the leaf in the profile: CR4 features follow IA32_VMX_CR4_FIXED1
+        (a CR4 bit that may be 1 implies its feature), and the baseline of every
+        VMX-capable Intel 64 processor (FPU .. SSE2, PAE, PGE, PAT, MSR, TSC, APIC,
+        SYSCALL, NX, LM, VMX) is assumed present; anything else absent.
+        """
+        leaf, sub, reg, bit = CPUID.FEATURES[feature]
+        regs = self.cpuid_leaf(leaf, sub)
+        if regs is not None:
+            return bool(regs[reg] >> bit & 1)
+        cr4_bit = _CR4_FEATURES.get(feature)
+        if cr4_bit is not None:
+            return bool(self.cr4_fixed1 >> cr4_bit & 1)
+        return feature in _BASELINE
+
+
+_CR4_FEATURES = {"VME": 0, "DE": 3, "PSE": 4, "PAE": 5, "MCE": 6, "PGE": 7, "UMIP": 11, "LA57": 12,
+                 "VMX": 13, "SMX": 14, "FSGSBASE": 16, "PCID": 17, "XSAVE": 18, "SMEP": 20, "SMAP": 21,
+                 "PKU": 22, "CET_SS": 23, "PKS": 24}
+_BASELINE = frozenset({"FPU", "TSC", "MSR", "PAE", "MCE", "APIC", "SEP", "MTRR", "PGE", "MCA", "CMOV",
+                       "PAT", "PSE36", "FXSR", "SSE", "SSE2", "SSE3", "SYSCALL", "NX", "LM", "LAHF_LM",
+                       "VMX", "PSE", "DE", "VME"})
 
 
 # ---- loading -------------------------------------------------------------------------
