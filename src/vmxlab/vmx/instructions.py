@@ -35,8 +35,8 @@ _STATUS = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF
 class Context:
     """Processor state a VMX instruction's operation reads."""
     cpl: int = 0
-    cr0: int = CR0_PE | (1 << 31)
-    cr4: int = CR4_VMXE
+    cr0: int = 0x80050033                # PG, AM, WP, NE, ET, MP, PE: a 64-bit kernel
+    cr4: int = CR4_VMXE | 0x20           # VMXE, PAE
     efer_lma: bool = True
     cs_l: bool = True
     v8086: bool = False
