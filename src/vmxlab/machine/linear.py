@@ -1,0 +1,366 @@
+"""Guest-physical and linear memory of the machine, the TLB fill, and the
+second-stage translation plug point.
+
+Address spaces:
+- host-physical: `machine.mem` (RAM at [0, size));
+- guest-physical: what the processor's paging produces; equal to host-physical
+  unless a second-stage translator is installed;
+- linear: translated through the current paging mode (paging.py).
+
+Second stage ("plug point" for EPT): `machine.second_stage = fn` with
+    fn(gpa, access, linear, paging_entry) -> (hpa, allowed)
+  gpa: guest-physical address; access: paging.READ / WRITE / FETCH;
+  linear: the guest-linear address being translated (None when there is none,
+  e.g. PDPTE loads); paging_entry: True for accesses to guest paging-structure
+  entries (reads of entries are READ, accessed/dirty updates are WRITE);
+  returns the host-physical address of `gpa` and the access kinds
+  (READ|WRITE|FETCH bits) the mapping allows for the whole 4 KiB page.
+  To refuse, raise SecondStageRefusal(payload): the machine stops the run with
+  StopReason.SECOND_STAGE, RIP at the instruction (nothing of it executed), the
+  refusal's gpa/access/linear/paging_entry filled in and, for an access made
+  while delivering an event, `event.vectoring` naming that event.
+  Every guest-physical access goes through it: paging-structure entries during
+  walks (TLB fills and Python walks), instruction fetches and data accesses of
+  guest code (once per page and kind until the TLB is flushed), and the accesses
+  the machine makes itself (event delivery pushes, IDT/GDT/TSS reads, emulated
+  instruction operands).  Call `machine.flush_tlb()` when its answers change
+  (INVEPT).  Throughput: the translator runs on TLB fills only, so code that
+  stays within its pages runs at full speed.
+
+TLB fill (UC_TLB_VIRTUAL + UC_HOOK_TLB_FILL): unicorn asks for a virtual page
+and an access type; the fill walks the guest's paging for the current CPL
+(CS.RPL in protected mode, 0 in real mode, 3 in virtual-8086 mode), applies the
+second stage, and grants permissions so that: the first write to a page comes
+back (dirty flag; self-modifying-code detection), instruction fetch is granted
+only by fetch fills (each newly fetched page is scanned for intercept sites),
+and QEMU's per-privilege TLBs keep user and supervisor rights apart.  Accesses
+to the GDT/LDT/TSS at CPL 3 (descriptor loads) are checked as implicit
+supervisor-mode accesses; an explicit CPL-3 access to those ranges is also
+granted with supervisor rights (a documented simplification: unicorn does not
+tell the fill which kind of access it is).
+Non-canonical addresses in 64-bit mode raise #GP(0) (#SS(0) for stack accesses
+by PUSH/POP/CALL/RET or an RSP/RBP based operand, "Canonical Addressing").
+"""
+from __future__ import annotations
+
+import struct
+
+import iced_x86 as I
+
+from ..arch import events as EV
+from ..arch import msrs as M
+from ..arch import registers as AR
+from . import context_blob as CB
+from . import paging as PG
+from . import registers as REG
+from . import unicorn_ffi as ffi
+from .memory import PAGE, NonexistentMemory
+from .paging import FETCH, READ, WRITE, Context, PageFault
+
+_ACCESS_OF = {ffi.ACCESS_READ: READ, ffi.ACCESS_WRITE: WRITE, ffi.ACCESS_FETCH: FETCH}
+_KIND_NAME = {READ: "read", WRITE: "write", FETCH: "fetch"}
+
+
+class SecondStageRefusal(Exception):
+    """Raised by a second-stage translator to refuse an access (see module doc)."""
+
+    def __init__(self, payload=None):
+        super().__init__(str(payload) if payload is not None else "second-stage translation refused")
+        self.payload = payload
+        self.gpa: int | None = None
+        self.access: int | None = None
+        self.linear: int | None = None
+        self.paging_entry = False
+
+
+class FillFault:
+    """Why the last TLB fill refused (consumed by the run loop)."""
+    __slots__ = ("exc", "linear", "access")
+
+    def __init__(self, exc: BaseException, linear: int, access: int):
+        self.exc, self.linear, self.access = exc, linear, access
+
+
+class _PagingAccessor:
+    """Paging-structure entries through the second stage."""
+    __slots__ = ("m", "linear")
+
+    def __init__(self, machine):
+        self.m = machine
+        self.linear: int | None = None
+
+    def read64(self, gpa: int) -> int:
+        return self.m.mem.read64(self.m._gpa_to_hpa(gpa, READ, self.linear, True))
+
+    def read32(self, gpa: int) -> int:
+        return self.m.mem.read32(self.m._gpa_to_hpa(gpa, READ, self.linear, True))
+
+    def write64(self, gpa: int, value: int) -> None:
+        self.m._write_host(self.m._gpa_to_hpa(gpa, WRITE, self.linear, True), struct.pack("<Q", value))
+
+    def write32(self, gpa: int, value: int) -> None:
+        self.m._write_host(self.m._gpa_to_hpa(gpa, WRITE, self.linear, True), struct.pack("<I", value))
+
+
+class MemoryAccess:
+    """Mixin of Machine: physical and linear accesses, translation, TLB fill."""
+
+    # -- second stage ---------------------------------------------------------------------
+    @property
+    def second_stage(self):
+        return self._second_stage
+
+    @second_stage.setter
+    def second_stage(self, fn) -> None:
+        self._second_stage = fn
+        self.flush_tlb()
+
+    def _gpa_to_hpa(self, gpa: int, access: int, linear: int | None = None, paging_entry: bool = False) -> int:
+        s2 = self._second_stage
+        if s2 is None:
+            hpa = gpa
+        else:
+            try:
+                hpa, allowed = s2(gpa, access, linear, paging_entry)
+            except SecondStageRefusal as r:
+                r.gpa, r.access, r.linear, r.paging_entry = gpa, access, linear, paging_entry
+                raise
+            if not allowed & access:
+                r = SecondStageRefusal(f"second stage allows {allowed:#x}, not {_KIND_NAME[access]}")
+                r.gpa, r.access, r.linear, r.paging_entry = gpa, access, linear, paging_entry
+                raise r
+        if not 0 <= hpa < self.mem.size:
+            raise NonexistentMemory(hpa, 1, access == WRITE)
+        return hpa
+
+    # -- host-physical writes -------------------------------------------------------------
+    def _write_host(self, hpa: int, data: bytes) -> None:
+        """Write RAM, invalidating translated code and scans of executed pages."""
+        self.mem.write(hpa, data)
+        first, last = hpa & ~0xFFF, (hpa + len(data) - 1) & ~0xFFF
+        code = self.sites.code_pages
+        page = first
+        hit = False
+        while page <= last:
+            if page in code:
+                self.sites.forget_physical(page)
+                hit = True
+            page += PAGE
+        if hit:
+            self.engine.flush_tb()
+            self.flush_tlb()
+
+    def write_host(self, hpa: int, data: bytes) -> None:
+        """Write host-physical memory (a loader, the VMX layer's own structures)."""
+        self._write_host(hpa, bytes(data))
+
+    # -- guest-physical -----------------------------------------------------------------------
+    def read_phys(self, gpa: int, size: int) -> bytes:
+        """Read guest-physical memory (through the second stage, page by page)."""
+        out = bytearray()
+        while size > 0:
+            n = min(size, PAGE - (gpa & 0xFFF))
+            out += self.mem.read(self._gpa_to_hpa(gpa, READ), n)
+            gpa += n
+            size -= n
+        return bytes(out)
+
+    def write_phys(self, gpa: int, data: bytes) -> None:
+        data = bytes(data)
+        while data:
+            n = min(len(data), PAGE - (gpa & 0xFFF))
+            self._write_host(self._gpa_to_hpa(gpa, WRITE), data[:n])
+            gpa += n
+            data = data[n:]
+
+    # -- paging -----------------------------------------------------------------------------
+    def paging_context(self, cr0: int | None = None, cr3: int | None = None, cr4: int | None = None,
+                       efer: int | None = None) -> Context:
+        """The translation context of the current state (or of the given registers)."""
+        if cr0 is None or cr3 is None or cr4 is None:
+            c = self.ctrl.read()
+            cr0 = c[REG.CR0] if cr0 is None else cr0
+            cr3 = c[REG.CR3] if cr3 is None else cr3
+            cr4 = c[REG.CR4] if cr4 is None else cr4
+        efer = self._efer if efer is None else efer
+        key = (cr0, cr3, cr4, efer, self.pdptes)
+        if key == self._ctx_key:
+            return self._ctx
+        ctx = Context.from_registers(cr0, cr3, cr4, efer, self.profile.maxphyaddr,
+                                     self.profile.has("PDPE1GB"), self.pdptes)
+        self._ctx_key, self._ctx = key, ctx
+        return ctx
+
+    def walk(self, linear: int, access: int = READ, *, user: bool = False, implicit: bool = False,
+             ac: bool = False, set_ad: bool = False, ctx: Context | None = None) -> PG.Translation:
+        """Translate through any paging context (default: the current one) without
+        using or filling the TLB.  `set_ad=False` (the default) leaves accessed and
+        dirty flags alone, which makes it a pure page walk for inspection."""
+        ctx = ctx or self.paging_context()
+        self._ptacc.linear = linear
+        return PG.translate(ctx, linear, access, user, self._ptacc, ac, implicit, set_ad)
+
+    def _current_cpl_user(self, cpl: int | None) -> bool:
+        if cpl is None:
+            cpl = self.cpl()
+        return cpl == 3
+
+    def translate(self, linear: int, access: int = READ, cpl: int | None = None, implicit: bool = False,
+                  set_ad: bool = True) -> int:
+        """The guest-physical address of `linear` for an access at `cpl` (default:
+        the current CPL); raises PageFault, SecondStageRefusal, NonexistentMemory."""
+        user = (not implicit) and self._current_cpl_user(cpl)
+        ac = bool(self.gprs.read()[REG.RFLAGS] & AR.RFLAGS_AC) if not user else False
+        ctx = self.paging_context()
+        self._ptacc.linear = linear
+        return PG.translate(ctx, linear, access, user, self._ptacc, ac, implicit, set_ad).physical
+
+    def _linear_chunks(self, linear: int, size: int, access: int, cpl: int | None, implicit: bool) -> list:
+        """[(hpa, n)] covering linear [linear, linear + size), translated first (all
+        or nothing)."""
+        chunks = []
+        mask = (1 << 64) - 1 if self._efer & M.EFER_LMA else 0xFFFFFFFF
+        while size > 0:
+            n = min(size, PAGE - (linear & 0xFFF))
+            gpa = self.translate(linear, access, cpl, implicit)
+            chunks.append((self._gpa_to_hpa(gpa, access, linear), n))
+            linear = (linear + n) & mask
+            size -= n
+        return chunks
+
+    def read_linear(self, linear: int, size: int, cpl: int | None = None, implicit: bool = False,
+                    fetch: bool = False) -> bytes:
+        """Read through the current paging (sets accessed flags)."""
+        access = FETCH if fetch else READ
+        return b"".join(self.mem.read(h, n) for h, n in self._linear_chunks(linear, size, access, cpl, implicit))
+
+    def write_linear(self, linear: int, data: bytes, cpl: int | None = None, implicit: bool = False) -> None:
+        """Write through the current paging (all pages translated before any byte is written)."""
+        data = bytes(data)
+        off = 0
+        for h, n in self._linear_chunks(linear, len(data), WRITE, cpl, implicit):
+            self._write_host(h, data[off:off + n])
+            off += n
+
+    def flush_tlb(self, linear: int | None = None) -> None:
+        """Invalidate translations: all of them, or those of one linear address
+        (vmxlab drops all in both cases, which the architecture allows: "a
+        processor may invalidate more than required")."""
+        self.engine.flush_tlb()
+
+    # -- the TLB fill hook --------------------------------------------------------------------
+    def _on_fill(self, uc, vaddr: int, mtype: int, entry, ud) -> bool:
+        v = self._fillregs.read()
+        cr0 = v[0]
+        rflags = v[3]
+        ctx = self.paging_context(cr0, v[1], v[2])
+        access = _ACCESS_OF.get(mtype, READ)
+        if not cr0 & AR.CR0_PE:
+            cpl = 0
+        elif rflags & AR.RFLAGS_VM:
+            cpl = 3
+        else:
+            cpl = v[4] & 3
+        user = cpl == 3
+        implicit = False
+        lma = self._efer & M.EFER_LMA
+        if lma and not AR.canonical(vaddr, self.linear_bits):
+            self._fill_fault = FillFault(_NonCanonical(vaddr), vaddr, access)
+            return False
+        if user and self._in_system_table(vaddr):
+            user, implicit = False, True
+        self._ptacc.linear = vaddr
+        try:
+            tr = PG.translate(ctx, vaddr, access, user, self._ptacc, bool(rflags & AR.RFLAGS_AC), implicit, True)
+            allowed = PG.allowed(tr, ctx, user, bool(rflags & AR.RFLAGS_AC), implicit)
+            gpa = tr.physical & ~0xFFF
+            s2 = self._second_stage
+            if s2 is None:
+                hpa = gpa
+            else:
+                try:
+                    hpa, s2allowed = s2(gpa, access, vaddr, False)
+                except SecondStageRefusal as r:
+                    r.gpa, r.access, r.linear, r.paging_entry = gpa | (vaddr & 0xFFF), access, vaddr, False
+                    raise
+                if not s2allowed & access:
+                    r = SecondStageRefusal(f"second stage allows {s2allowed:#x}, not {_KIND_NAME[access]}")
+                    r.gpa, r.access, r.linear, r.paging_entry = gpa, access, vaddr, False
+                    raise r
+                allowed &= s2allowed
+                hpa &= ~0xFFF
+            if not 0 <= hpa < self.mem.size:
+                raise NonexistentMemory(hpa | (vaddr & 0xFFF), 1, access == WRITE)
+        except (PageFault, SecondStageRefusal, NonexistentMemory) as e:
+            self._fill_fault = FillFault(e, vaddr, access)
+            return False
+        vpage = vaddr & ~0xFFF
+        sites = self.sites
+        if access == FETCH:
+            hf = self.blob.load().hflags
+            bitness = 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16)
+            sites.on_fetch(vpage, hpa, bitness)
+            perms = ffi.PROT_EXEC | (ffi.PROT_READ if allowed & READ else 0)
+        elif access == WRITE:
+            perms = ffi.PROT_READ | ffi.PROT_WRITE
+            if sites.scanned(vpage, hpa) and allowed & FETCH:
+                perms |= ffi.PROT_EXEC
+            if sites.on_write(hpa):
+                self._smc_pending = True
+                self.engine.stop()
+        else:
+            perms = ffi.PROT_READ
+            if sites.scanned(vpage, hpa) and allowed & FETCH:
+                perms |= ffi.PROT_EXEC
+        e = entry[0]
+        e.paddr = hpa
+        e.perms = perms
+        self.tlb_fills += 1
+        return True
+
+    def _in_system_table(self, vaddr: int) -> bool:
+        """Does the page hold part of the GDT, LDT or TSS (implicit supervisor accesses)?"""
+        blob = self.blob.load()
+        page = vaddr & ~0xFFF
+        for slot in (CB.GDT, CB.LDT, CB.TR):
+            _s, base, limit, _f = blob.cache(slot)
+            if limit and (base & ~0xFFF) <= page <= ((base + limit) & ~0xFFF):
+                return True
+        return False
+
+    def fetch_bytes(self, linear: int, size: int = 15) -> bytes:
+        """Up to `size` instruction bytes at `linear` (fewer when a page is not
+        mapped), read without setting accessed flags."""
+        out = bytearray()
+        while size > 0:
+            n = min(size, PAGE - (linear & 0xFFF))
+            try:
+                tr = self.walk(linear, READ, implicit=True)
+                hpa = self._gpa_to_hpa(tr.physical, READ, linear)
+            except (PageFault, SecondStageRefusal, NonexistentMemory):
+                break
+            out += self.mem.read(hpa, n)
+            linear += n
+            size -= n
+        return bytes(out)
+
+    def decode_at(self, linear: int, bitness: int | None = None) -> I.Instruction:
+        if bitness is None:
+            hf = self.blob.load().hflags
+            bitness = 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16)
+        return I.Decoder(bitness, self.fetch_bytes(linear), ip=linear).decode()
+
+
+class _NonCanonical(Exception):
+    def __init__(self, linear: int):
+        super().__init__(f"non-canonical address {linear:#x}")
+        self.linear = linear
+
+
+def fault_of_fill(exc: BaseException, stack: bool) -> tuple[int, int | None, int | None] | None:
+    """(vector, error code, cr2) for a fill refusal that is a guest exception, else None."""
+    if isinstance(exc, PageFault):
+        return EV.PF, exc.error_code, exc.linear
+    if isinstance(exc, _NonCanonical):
+        return (EV.SS if stack else EV.GP), 0, None
+    return None

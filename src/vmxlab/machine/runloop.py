@@ -1,0 +1,709 @@
+"""Run control: `run()` until a stop reason, the unicorn hooks, event dispatch to
+the client, interrupt windows, timers and budgets.
+
+A run executes guest code in `uc_emu_start` segments.  Control comes back to
+Python (a) inside hooks - intercept sites (UC_HOOK_CODE on single addresses),
+exceptions QEMU raises (UC_HOOK_INTR), #UD-class instructions
+(UC_HOOK_INSN_INVALID), TLB fills, SYSCALL, and I/O that missed a site - and
+(b) between segments, at an instruction boundary.  Hooks do what can be done
+there (NATIVE emulation that touches only registers and memory, exception
+delivery in the interrupt hook) and otherwise stop the segment precisely
+(before the instruction executes) and leave a pending item for the boundary.
+
+At every boundary, in this order: pending items from hooks (client events,
+faults to deliver), self-modifying-code rechecks, the timer, the TSC deadline,
+NMI, NMI window, external interrupts, interrupt window ("Interrupt Priorities"
+order for the asynchronous events: NMI before maskable interrupts).
+
+Windows: an external interrupt is deliverable when RFLAGS.IF = 1 and no STI or
+MOV SS shadow blocks it ("Masking Maskable Hardware Interrupts", "Interrupt
+Shadows"); NMI when not blocked by NMI (until the next IRET) or MOV SS.  When
+something waits for a window that is closed, the machine single-steps the
+guest with RFLAGS.TF (unicorn's #DB after each instruction reaches the
+interrupt hook) until the window opens, so the interrupt is delivered at the
+first open boundary: after `sti; X` it arrives after X.  While stepping, a
+PUSHF would store TF = 1: the machine clears that bit in the pushed image.
+
+HLT: unicorn ends `uc_emu_start` after executing HLT; the machine then enters
+the HLT activity state (RIP after HLT).  A halted processor wakes on an NMI or
+on an external interrupt with RFLAGS.IF = 1; while halted the virtual TSC is
+fast-forwarded to the next timer or TSC deadline.  When nothing can wake it the
+run ends with StopReason.HALTED.
+
+Budgets: `run(time_budget=seconds)` uses a watchdog thread that calls
+uc_emu_stop at the deadline (unicorn's own timeout creates a thread per call,
+about 120 us).  `run(instruction_budget=n)` counts instructions with a code hook
+on every instruction: exact but roughly 100x slower; meant for tests.
+A runaway guest ends at the budget with StopReason.BUDGET at an instruction
+boundary; the next run() continues exactly there.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from ..arch import events as EV
+from ..arch import registers as AR
+from . import context_blob as CB
+from . import emulate as EMU
+from . import registers as REG
+from . import unicorn_ffi as ffi
+from .events import EventInfo, Fault, MachineNotImplemented
+from .intercepts import Action, Event, Kind, kind_of
+from .linear import FillFault, SecondStageRefusal, _NonCanonical, fault_of_fill
+from .memory import NonexistentMemory
+from .paging import PageFault
+
+
+class StopReason(Enum):
+    HALTED = "halted"                        # HLT and nothing can wake the processor
+    SHUTDOWN = "shutdown"                    # triple fault
+    EVENT = "event"                          # the client answered STOP (or a window/deadline request fired)
+    BUDGET = "budget"                        # time or instruction budget used up
+    BREAKPOINT = "breakpoint"
+    SECOND_STAGE = "second-stage"            # the second-stage translator refused an access
+    NONEXISTENT_MEMORY = "nonexistent-memory"  # an access translated beyond physical memory
+
+
+@dataclass
+class Stop:
+    reason: StopReason
+    rip: int
+    event: Event | None = None
+    detail: str = ""
+
+    def __str__(self) -> str:
+        s = f"{self.reason.value} at {self.rip:#x}"
+        if self.event is not None:
+            s += f" ({self.event.kind.value})"
+        return s + (f": {self.detail}" if self.detail else "")
+
+
+class MachineError(RuntimeError):
+    """Unicorn reported an error the machine cannot map to an architectural event."""
+
+
+_SOFT_INT_TYPES = (EV.INTR_TYPE_SOFT_INTR, EV.INTR_TYPE_SOFT_EXCEPTION, EV.INTR_TYPE_PRIV_SW_EXCEPTION)
+
+
+class _Watchdog:
+    """Calls uc_emu_stop when a host deadline passes during a run segment."""
+
+    def __init__(self, engine: ffi.Engine):
+        self.engine = engine
+        self.deadline: float | None = None
+        self.running = False
+        self.fired = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            while True:
+                with self._lock:
+                    d, running = self.deadline, self.running
+                if d is None or not running:
+                    self._wake.clear()
+                    break
+                delay = d - time.perf_counter()
+                if delay > 0:
+                    time.sleep(min(delay, 0.0005))
+                    continue
+                with self._lock:
+                    if self.running and self.deadline is not None and time.perf_counter() >= self.deadline:
+                        self.fired = True
+                        self.engine.stop()
+                time.sleep(0.0002)
+
+    def arm(self, deadline: float | None) -> None:
+        with self._lock:
+            self.deadline = deadline
+            self.running = deadline is not None
+            self.fired = False
+        if deadline is not None:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="vmxlab-watchdog")
+                self._thread.start()
+            self._wake.set()
+
+    def disarm(self) -> bool:
+        with self._lock:
+            self.running = False
+            self.deadline = None
+            fired, self.fired = self.fired, False
+        return fired
+
+
+class RunControl:
+    """Mixin of Machine: run(), hooks, dispatch."""
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self, time_budget: float | None = None, instruction_budget: int | None = None) -> Stop:
+        """Run until a stop reason (see StopReason); resumable."""
+        host_deadline = time.perf_counter() + time_budget if time_budget is not None else None
+        counting = instruction_budget is not None
+        if counting:
+            self._start_counting(instruction_budget)
+        try:
+            while True:
+                stop = self._service()
+                if stop is not None:
+                    return stop
+                if self.activity == EV.ACTIVITY_SHUTDOWN:
+                    return Stop(StopReason.SHUTDOWN, self.rip, detail="processor in shutdown")
+                if self.activity == EV.ACTIVITY_HLT:
+                    stop = self._halted(host_deadline)
+                    if stop is not None:
+                        return stop
+                    continue
+                if counting and self._count_left <= 0:
+                    return Stop(StopReason.BUDGET, self.rip, detail="instruction budget used up")
+                if host_deadline is not None and time.perf_counter() >= host_deadline:
+                    return Stop(StopReason.BUDGET, self.rip, detail="time budget used up")
+                stop = self._segment(host_deadline)
+                if stop is not None:
+                    return stop
+        finally:
+            self._end_stepping()
+            if counting:
+                self._stop_counting()
+
+    @property
+    def rip(self) -> int:
+        return self.gprs.read()[REG.RIP]
+
+    # -- one uc_emu_start ---------------------------------------------------------------------
+    def _segment(self, host_deadline: float | None) -> Stop | None:
+        deadline = host_deadline
+        tsc_targets = [t for t in (self.timer.deadline, self._tsc_deadline) if t is not None]
+        if tsc_targets:
+            d = time.perf_counter() + self.tsc.seconds_until(min(tsc_targets))
+            deadline = d if deadline is None else min(deadline, d)
+        self._want_step = self._needs_stepping()
+        if self._want_step:
+            self._begin_stepping()
+        wd = self._watchdog
+        if deadline is not None:
+            wd.arm(deadline)
+        self._hook_stop = False
+        self._fill_fault = None
+        rip = self.gprs.read()[REG.RIP]
+        g = self.gprs.values
+        try:
+            err = self.engine.start(rip)
+        finally:
+            fired = wd.disarm() if deadline is not None else False
+        self.segments += 1
+        if self._stepping and not self._step_keep:
+            self._end_stepping()
+        if err == ffi.UC.UC_ERR_OK:
+            if not (self._hook_stop or fired or self._pending or self._smc_pending):
+                self._native_hlt()
+            return None
+        if err == ffi.UC.UC_ERR_EXCEPTION and self._fill_fault is not None:
+            return self._on_fill_fault(self._fill_fault)
+        if err == ffi.UC.UC_ERR_EXCEPTION and self._pending:
+            return None
+        raise MachineError(f"unicorn error {err} ({ffi.UcError(err)}) at RIP {g[REG.RIP]:#x}")
+
+    # -- boundary ---------------------------------------------------------------------------------
+    def _service(self) -> Stop | None:
+        while self._pending:
+            item = self._pending.pop(0)
+            stop = self._handle_pending(item)
+            if stop is not None:
+                self._pending.clear()
+                return stop
+        if self._smc_pending:
+            self._smc_pending = False
+            self.sites.recheck()
+            self.flush_tlb()
+        now = self.tsc.read()
+        self.timer.expire(now)
+        if self._tsc_deadline is not None and now >= self._tsc_deadline:
+            self._tsc_deadline = None
+            stop = self._request_event(Event(Kind.TSC_DEADLINE, self.rip))
+            if stop is not None:
+                return stop
+        if not (self._nmi_pending or self._irr or self._window_irq or self._window_nmi):
+            return None
+        blob = self.blob.load()
+        shadow = bool(blob.hflags & CB.HF_INHIBIT_IRQ)
+        nmi_blocked = bool(blob.hflags2 & CB.HF2_NMI)
+        rflags = self.gprs.read()[REG.RFLAGS]
+        if self._nmi_pending and not shadow and not nmi_blocked:
+            if self.subs.wants(Kind.NMI) and self.client is not None:
+                ev = Event(Kind.NMI, self.rip, vector=EV.NMI, event_type=EV.INTR_TYPE_NMI)
+                stop = self._dispatch_async(ev)
+                if stop is not None:
+                    return stop
+            else:
+                self._nmi_pending = False
+                stop = self._deliver_event(EventInfo(EV.NMI, EV.INTR_TYPE_NMI))
+                if stop is not None:
+                    return stop
+                return self._service()
+        if self._window_nmi and not shadow and not nmi_blocked:
+            self._window_nmi = False
+            stop = self._request_event(Event(Kind.NMI_WINDOW, self.rip))
+            if stop is not None:
+                return stop
+        open_irq = bool(rflags & AR.RFLAGS_IF) and not shadow
+        if self._irr:
+            vector = self._irr.bit_length() - 1
+            if self.subs.wants(Kind.EXTERNAL_INTERRUPT) and self.client is not None and not shadow:
+                stop = self._dispatch_async(Event(Kind.EXTERNAL_INTERRUPT, self.rip, vector=vector,
+                                                  event_type=EV.INTR_TYPE_EXT_INTR))
+                if stop is not None:
+                    return stop
+            elif open_irq:
+                self._irr &= ~(1 << vector)
+                stop = self._deliver_event(EventInfo(vector, EV.INTR_TYPE_EXT_INTR))
+                if stop is not None:
+                    return stop
+                return self._service()
+        if self._window_irq and open_irq:
+            self._window_irq = False
+            stop = self._request_event(Event(Kind.INTERRUPT_WINDOW, self.rip))
+            if stop is not None:
+                return stop
+        return None
+
+    def _needs_stepping(self) -> bool:
+        """Something waits for an interrupt or NMI window that is closed now."""
+        irq_wait = (self._irr and not self.subs.wants(Kind.EXTERNAL_INTERRUPT)) or self._window_irq
+        nmi_wait = self._nmi_pending or self._window_nmi
+        if not (irq_wait or nmi_wait):
+            return False
+        return True
+
+    def _window_open_now(self, blob, rflags: int) -> bool:
+        shadow = bool(blob.hflags & CB.HF_INHIBIT_IRQ)
+        irq_wait = (self._irr and not self.subs.wants(Kind.EXTERNAL_INTERRUPT)) or self._window_irq
+        if irq_wait and rflags & AR.RFLAGS_IF and not shadow:
+            return True
+        if (self._nmi_pending or self._window_nmi) and not shadow and not blob.hflags2 & CB.HF2_NMI:
+            return True
+        if self._irr and self.subs.wants(Kind.EXTERNAL_INTERRUPT) and not shadow:
+            return True
+        return False
+
+    # -- single-stepping for windows -----------------------------------------------------------------
+    def _begin_stepping(self) -> None:
+        g = self.gprs.read()
+        self._guest_tf = bool(g[REG.RFLAGS] & AR.RFLAGS_TF)
+        self._saved_dr6 = self.ctrl.read()[REG.DR6]
+        g[REG.RFLAGS] |= AR.RFLAGS_TF
+        self.gprs.write()
+        self._stepping = True
+        self._step_keep = False
+        self._step_prev = g[REG.RIP]
+
+    def _end_stepping(self) -> None:
+        if not self._stepping:
+            return
+        self._stepping = False
+        if not self._guest_tf:
+            g = self.gprs.read()
+            g[REG.RFLAGS] &= ~AR.RFLAGS_TF
+            self.gprs.write()
+
+    def _on_step(self, blob, g) -> None:
+        """#DB after one stepped instruction (inside the interrupt hook)."""
+        c = self.ctrl.read()
+        c[REG.DR6] = self._saved_dr6
+        self.ctrl.write()
+        prev = self._step_prev
+        self._step_prev = g[REG.RIP]
+        head = self.fetch_bytes(prev, 3)
+        stripped = head.lstrip(b"\x66\x48\x40")
+        if stripped[:1] == b"\x9c":                       # PUSHF stored our TF
+            try:
+                word = int.from_bytes(self.read_linear(g[REG.RSP], 2), "little")
+                self.write_linear(g[REG.RSP], (word & ~AR.RFLAGS_TF).to_bytes(2, "little"))
+            except (PageFault, SecondStageRefusal, NonexistentMemory):
+                pass
+        if self._window_open_now(blob, g[REG.RFLAGS]):
+            self._hook_stop = True
+            self.engine.stop()
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _on_code(self, uc, address: int, size: int, ud) -> None:
+        if self._hook_stop:
+            return
+        if self._counting:
+            if self._count_left <= 0:
+                self._hook_stop = True
+                self.engine.stop()
+                return
+            self._count_left -= 1
+        bp = self._breakpoints
+        if bp and address in bp:
+            if self._bp_skip == address:
+                self._bp_skip = None
+            else:
+                self._pending.append(("breakpoint", address))
+                self._hook_stop = True
+                self.engine.stop()
+                return
+        site = self.sites.sites.get(address)
+        if site is None:
+            return
+        if self.mem.view[site.hpa:site.hpa + len(site.raw)] != site.raw:
+            self._smc_pending = True                      # stale scan: recheck before running on
+            self.sites.written.add(site.hpa & ~0xFFF)
+            self._hook_stop = True
+            self.engine.stop()
+            return
+        kind = site.kind
+        if self._resume_native == address:
+            self._resume_native = None
+            wanted = False
+        else:
+            self._resume_native = None
+            wanted = kind in self.subs.kinds and self.client is not None
+        if wanted:
+            self._pending.append(("site", site))
+            self._hook_stop = True
+            self.engine.stop()
+            return
+        fn = EMU.PYTHON_NATIVE.get(kind)
+        if fn is None:
+            return                                        # unicorn executes it
+        if kind not in EMU.INLINE_SAFE and not (kind == Kind.WRMSR and EMU.wrmsr_inline_safe(self)):
+            self._pending.append(("native", site))
+            self._hook_stop = True
+            self.engine.stop()
+            return
+        try:
+            fn(self, site.insn, address)
+            self.emulated += 1
+        except Fault as f:
+            self._pending.append(("fault", f, site.insn))
+            self._hook_stop = True
+            self.engine.stop()
+
+    def _on_intr(self, uc, intno: int, ud) -> None:
+        blob = self.blob.load()
+        error_code = blob.error_code
+        is_int = blob.exception_is_int
+        blob.clear_exception_in_flight()
+        blob.store()
+        g = self.gprs.read()
+        if intno == EV.DB and not is_int and self._stepping:
+            self._on_step(blob, g)
+            if not self._guest_tf:
+                return
+        if self._stepping:
+            self._stepping = False
+            if not self._guest_tf:
+                g[REG.RFLAGS] &= ~AR.RFLAGS_TF
+                self.gprs.write()
+        rip = g[REG.RIP]
+        if is_int:
+            ev, start = self._classify_software(intno, rip)
+        else:
+            has_code = intno in EV.ERROR_CODE_VECTORS
+            ev = EventInfo(intno, EV.INTR_TYPE_HARD_EXCEPTION, error_code if has_code else None)
+            start = rip
+        self._exception(ev, start, in_hook=True)
+
+    def _classify_software(self, vector: int, rip_after: int) -> tuple[EventInfo, int]:
+        """INT n (CD ib), INT3 (CC), INTO (CE): type and length from the bytes
+        before the return address."""
+        before = self.fetch_bytes(rip_after - 2, 2) if rip_after >= 2 else b""
+        if vector == EV.BP and before[-1:] == b"\xcc":
+            return EventInfo(vector, EV.INTR_TYPE_SOFT_EXCEPTION, None, 1), rip_after - 1
+        if vector == EV.OF and before[-1:] == b"\xce":
+            return EventInfo(vector, EV.INTR_TYPE_SOFT_EXCEPTION, None, 1), rip_after - 1
+        return EventInfo(vector, EV.INTR_TYPE_SOFT_INTR, None, 2), rip_after - 2
+
+    def _exception(self, ev: EventInfo, start: int, in_hook: bool) -> None:
+        """An exception raised by QEMU or by emulation, at instruction `start`."""
+        if self.subs.wants_exception(ev.vector) and self.client is not None:
+            g = self.gprs.read()
+            if g[REG.RIP] != start:
+                g[REG.RIP] = start
+                self.gprs.write()
+            self._pending.append(("exception", ev, start))
+            if in_hook:
+                self._hook_stop = True
+                self.engine.stop()
+            return
+        if in_hook:
+            result = self._deliver_inline(ev)
+            if result is not None:
+                self._pending.append(("result", result))
+                self._hook_stop = True
+                self.engine.stop()
+        else:
+            self._pending.append(("deliver", ev))
+
+    def _on_invalid(self, uc, ud) -> bool:
+        g = self.gprs.read()
+        rip = g[REG.RIP]
+        if self._stepping:
+            self._end_stepping()
+        insn = self.decode_at(rip)
+        if insn.code == ffi_code_invalid() or not insn.len:
+            self._exception(EventInfo(EV.UD, EV.INTR_TYPE_HARD_EXCEPTION), rip, True)
+            return True
+        if insn.mnemonic == _INT1:
+            self._exception_int1(rip)
+            return True
+        kind = kind_of(insn)
+        if kind is not None and kind in self.subs.kinds and self.client is not None \
+                and self._resume_native != rip:
+            self._pending.append(("site", _Ephemeral(rip, kind, insn)))
+            self._hook_stop = True
+            self.engine.stop()
+            return True
+        self._resume_native = None
+        fn = EMU.PYTHON_NATIVE.get(kind) if kind is not None else None
+        try:
+            if fn is None:
+                raise Fault(EV.UD, None, reason=f"{insn} is undefined here")
+            fn(self, insn, rip)
+        except Fault as f:
+            self._exception(EventInfo(f.vector, EV.INTR_TYPE_HARD_EXCEPTION, f.error_code, cr2=f.cr2), rip, True)
+        except MachineNotImplemented as e:
+            self._pending.append(("raise", e))
+            self._hook_stop = True
+            self.engine.stop()
+        return True
+
+    def _exception_int1(self, rip: int) -> None:
+        """ICEBP (F1): privileged software exception #DB, a trap (return after it)."""
+        self._exception(EventInfo(EV.DB, EV.INTR_TYPE_PRIV_SW_EXCEPTION, None, 1), rip, True)
+
+    def _on_in(self, uc, port: int, size: int, ud) -> int:
+        self.missed_io += 1
+        return self.io.read(port, size)
+
+    def _on_out(self, uc, port: int, size: int, value: int, ud) -> None:
+        self.missed_io += 1
+        self.io.write(port, size, value)
+
+    def _on_syscall(self, uc, ud) -> None:
+        self._pending.append(("syscall",))
+        self._hook_stop = True
+        self.engine.stop()
+
+    # -- faults from TLB fills -------------------------------------------------------------------
+    def _on_fill_fault(self, ff: FillFault) -> Stop | None:
+        exc = ff.exc
+        rip = self.rip
+        if self._stepping:
+            self._end_stepping()
+        if isinstance(exc, SecondStageRefusal):
+            ev = Event(Kind.SECOND_STAGE, rip, detail=exc, address=ff.linear)
+            self._resume_native = None
+            return Stop(StopReason.SECOND_STAGE, rip, ev, str(exc))
+        if isinstance(exc, NonexistentMemory):
+            ev = Event(Kind.NONEXISTENT_MEMORY, rip, detail=exc, address=ff.linear)
+            return Stop(StopReason.NONEXISTENT_MEMORY, rip, ev, str(exc))
+        stack = isinstance(exc, _NonCanonical) and self._stack_access(rip)
+        vector, code, cr2 = fault_of_fill(exc, stack)
+        self._exception(EventInfo(vector, EV.INTR_TYPE_HARD_EXCEPTION, code, cr2=cr2), rip, False)
+        return None
+
+    def _stack_access(self, rip: int) -> bool:
+        insn = self.decode_at(rip)
+        if insn.is_stack_instruction:
+            return True
+        return insn.memory_base in _STACK_BASES
+
+    # -- pending items at the boundary ---------------------------------------------------------------
+    def _handle_pending(self, item) -> Stop | None:
+        tag = item[0]
+        if tag == "site":
+            return self._site_event(item[1])
+        if tag == "native":
+            site = item[1]
+            return self._run_native(site.kind, site.insn, site.address)
+        if tag == "fault":
+            f, insn = item[1], item[2]
+            self._exception(EventInfo(f.vector, EV.INTR_TYPE_HARD_EXCEPTION, f.error_code, cr2=f.cr2),
+                            self.rip, False)
+            return None
+        if tag == "exception":
+            ev, start = item[1], item[2]
+            return self._exception_event(ev, start)
+        if tag == "deliver":
+            return self._deliver_event(item[1])
+        if tag == "result":
+            return self._result_stop(item[1])
+        if tag == "breakpoint":
+            self._bp_skip = item[1]
+            return Stop(StopReason.BREAKPOINT, item[1])
+        if tag == "syscall":
+            return self._syscall()
+        if tag == "raise":
+            raise item[1]
+        raise AssertionError(tag)
+
+    def _site_event(self, site) -> Stop | None:
+        ev = self._instruction_event(site.kind, site.insn, site.address)
+        action = self.client(self, ev)
+        if action == Action.STOP:
+            self._resume_native = site.address
+            return Stop(StopReason.EVENT, site.address, ev)
+        if action == Action.DONE:
+            return None
+        return self._run_native(site.kind, site.insn, site.address)
+
+    def _run_native(self, kind: Kind, insn, address: int) -> Stop | None:
+        fn = EMU.PYTHON_NATIVE.get(kind)
+        if fn is None and kind in _VMX_UD:
+            fn = EMU.undefined
+        if fn is None:
+            self._resume_native = address            # let unicorn execute it once
+            return None
+        try:
+            fn(self, insn, address)
+            self.emulated += 1
+        except Fault as f:
+            self._exception(EventInfo(f.vector, EV.INTR_TYPE_HARD_EXCEPTION, f.error_code, cr2=f.cr2),
+                            address, False)
+        return None
+
+    def _exception_event(self, ev: EventInfo, start: int) -> Stop | None:
+        event = Event(Kind.EXCEPTION, start, ev.length, vector=ev.vector, event_type=ev.type,
+                      error_code=ev.error_code, cr2=ev.cr2, vectoring=ev.vectoring)
+        if ev.type in _SOFT_INT_TYPES:
+            event.insn = self.decode_at(start)
+        action = self.client(self, event)
+        if action == Action.STOP:
+            return Stop(StopReason.EVENT, start, event)
+        if action == Action.DONE:
+            return None
+        # NATIVE: deliver now (software events return after the instruction)
+        return self._deliver_event(ev)
+
+    def _dispatch_async(self, event: Event) -> Stop | None:
+        action = self.client(self, event)
+        if action == Action.STOP:
+            return Stop(StopReason.EVENT, event.rip, event)
+        if action == Action.NATIVE:
+            if event.kind == Kind.NMI:
+                self._nmi_pending = False
+                return self._deliver_event(EventInfo(EV.NMI, EV.INTR_TYPE_NMI))
+        return None
+
+    def _request_event(self, event: Event) -> Stop | None:
+        """A window or deadline the client asked for."""
+        if self.client is None:
+            return Stop(StopReason.EVENT, event.rip, event)
+        action = self.client(self, event)
+        if action == Action.STOP:
+            return Stop(StopReason.EVENT, event.rip, event)
+        return None
+
+    # -- delivery -------------------------------------------------------------------------------------
+    def _deliver_event(self, ev: EventInfo) -> Stop | None:
+        result = self._deliver(ev)
+        return self._result_stop(result) if result is not None else None
+
+    def _deliver_inline(self, ev: EventInfo):
+        return self._deliver(ev)
+
+    def _result_stop(self, result) -> Stop | None:
+        """Turn what _deliver returned (an Event for the client or a stop) into a Stop."""
+        if isinstance(result, Stop):
+            return result
+        event: Event = result
+        if event.kind == Kind.EXCEPTION:
+            info = EventInfo(event.vector, event.event_type, event.error_code, event.length, event.cr2,
+                             event.vectoring)
+            return self._exception_event(info, event.rip)
+        if event.kind == Kind.TRIPLE_FAULT:
+            if self.subs.wants(Kind.TRIPLE_FAULT) and self.client is not None:
+                action = self.client(self, event)
+                if action == Action.STOP:
+                    return Stop(StopReason.EVENT, event.rip, event)
+                if action == Action.DONE:
+                    return None
+            self.activity = EV.ACTIVITY_SHUTDOWN
+            return Stop(StopReason.SHUTDOWN, event.rip, event, "triple fault")
+        if event.kind == Kind.SECOND_STAGE:
+            return Stop(StopReason.SECOND_STAGE, event.rip, event, str(event.detail))
+        if event.kind == Kind.NONEXISTENT_MEMORY:
+            return Stop(StopReason.NONEXISTENT_MEMORY, event.rip, event, str(event.detail))
+        raise AssertionError(event.kind)
+
+    # -- HLT ----------------------------------------------------------------------------------------
+    def _native_hlt(self) -> None:
+        g = self.gprs.read()
+        after = g[REG.RIP]
+        if self.subs.wants(Kind.HLT) and self.client is not None and self._resume_native != after - 1:
+            g[REG.RIP] = after - 1
+            self.gprs.write()
+            self._pending.append(("site", _Ephemeral(after - 1, Kind.HLT, self.decode_at(after - 1))))
+            return
+        self._resume_native = None
+        self.activity = EV.ACTIVITY_HLT
+
+    def _halted(self, host_deadline: float | None) -> Stop | None:
+        blob = self.blob.load()
+        rflags = self.gprs.read()[REG.RFLAGS]
+        if self._nmi_pending or (self._irr and rflags & AR.RFLAGS_IF):
+            self.activity = EV.ACTIVITY_ACTIVE
+            return None
+        if self._irr and self.subs.wants(Kind.EXTERNAL_INTERRUPT) and self.client is not None:
+            self.activity = EV.ACTIVITY_ACTIVE
+            return None
+        targets = [t for t in (self.timer.deadline if rflags & AR.RFLAGS_IF or
+                               self.subs.wants(Kind.EXTERNAL_INTERRUPT) else None, self._tsc_deadline)
+                   if t is not None]
+        if not targets:
+            return Stop(StopReason.HALTED, self.rip, detail="HLT with nothing that can wake the processor")
+        if host_deadline is not None and time.perf_counter() >= host_deadline:
+            return Stop(StopReason.BUDGET, self.rip, detail="time budget used up (halted)")
+        self.tsc.advance(min(targets) - self.tsc.read())
+        del blob
+        return None
+
+    # -- SYSCALL ------------------------------------------------------------------------------------
+    def _syscall(self) -> Stop | None:
+        """unicorn runs no SYSCALL semantics ("SYSCALL without a hook does nothing");
+        the machine does what Vol. 2 "SYSCALL" says in 64-bit mode."""
+        return self.emulate_syscall()
+
+    # -- instruction budget -----------------------------------------------------------------------
+    def _start_counting(self, n: int) -> None:
+        self._counting = True
+        self._count_left = n
+        self._count_hook = self.engine.add_hook(ffi.UC.UC_HOOK_CODE, self._code_cb, 1, 0)
+        self.engine.flush_tb()
+
+    def _stop_counting(self) -> None:
+        self._counting = False
+        if self._count_hook:
+            self.engine.del_hook(self._count_hook)
+            self._count_hook = 0
+        self.engine.flush_tb()
+
+
+class _Ephemeral:
+    """A site found at run time (#UD hook, HLT): same fields as sites.Site."""
+    __slots__ = ("address", "kind", "insn")
+
+    def __init__(self, address: int, kind: Kind, insn):
+        self.address, self.kind, self.insn = address, kind, insn
+
+
+def ffi_code_invalid() -> int:
+    import iced_x86
+    return iced_x86.Code.INVALID
+
+
+import iced_x86 as _I  # noqa: E402
+
+_INT1 = _I.Mnemonic.INT1
+_STACK_BASES = frozenset({_I.Register.RSP, _I.Register.RBP, _I.Register.ESP, _I.Register.EBP,
+                          _I.Register.SP, _I.Register.BP})
+from .intercepts import VMX_KINDS as _VMX_UD  # noqa: E402
