@@ -58,6 +58,10 @@ from .memory import PAGE, NonexistentMemory
 from .paging import FETCH, READ, WRITE, Context, PageFault
 
 _ACCESS_OF = {ffi.ACCESS_READ: READ, ffi.ACCESS_WRITE: WRITE, ffi.ACCESS_FETCH: FETCH}
+_INFO = I.InstructionInfoFactory()
+_OA = I.OpAccess
+_READS = frozenset({_OA.READ, _OA.COND_READ, _OA.READ_WRITE, _OA.READ_COND_WRITE})
+_WRITES = frozenset({_OA.WRITE, _OA.COND_WRITE, _OA.READ_WRITE, _OA.READ_COND_WRITE})
 _KIND_NAME = {READ: "read", WRITE: "write", FETCH: "fetch"}
 
 
@@ -343,6 +347,58 @@ class MemoryAccess:
             linear += n
             size -= n
         return bytes(out)
+
+    def exact_linear(self, page: int, access: int) -> int:
+        """The linear address an access that faulted on `page` used.
+
+        unicorn's TLB fill only sees page-aligned addresses; CR2, EPT
+        qualifications and guest-linear addresses need the byte: for a fetch it is
+        RIP when RIP is in the page (else the page start, an instruction crossing
+        into it); for data, the memory accesses of the instruction at RIP (iced's
+        used_memory(), explicit and implicit: stack, string operands) evaluated
+        on the current registers, the first one of the right kind touching the
+        page (an access crossing into the page faults at the page start)."""
+        rip = self.gprs.read()[REG.RIP]
+        if access == FETCH:
+            return rip if rip & ~0xFFF == page else page
+        insn = self.decode_at(rip)
+        if insn.code == I.Code.INVALID:
+            return page
+        g = self.gprs.read()
+        hf = self.blob.load().hflags
+        bitness = 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16)
+        kinds = _WRITES if access == WRITE else _READS
+        for mem in _INFO.info(insn).used_memory():
+            if mem.access not in kinds:
+                continue
+            asize = {1: 2, 2: 4, 3: 8}.get(mem.address_size, bitness // 8)
+            amask = (1 << (8 * asize)) - 1
+            if mem.base in (I.Register.RIP, I.Register.EIP):
+                ea = mem.displacement & amask
+            else:
+                ea = mem.displacement
+                if mem.base != I.Register.NONE:
+                    ea += self._reg_value(mem.base, g)
+                if mem.index != I.Register.NONE:
+                    ea += self._reg_value(mem.index, g) * mem.scale
+                ea &= amask
+            seg = mem.segment
+            base = 0
+            if seg != I.Register.NONE and not (bitness == 64 and seg not in (I.Register.FS, I.Register.GS)):
+                base = self.blob.cache(REG.ICED_SEGMENT[seg])[1]
+            linear = (base + ea) & ((1 << 64) - 1 if bitness == 64 else 0xFFFFFFFF)
+            size = max(I.MemorySizeExt.size(mem.memory_size), 1)
+            if linear < page + PAGE and linear + size > page:
+                return max(linear, page)
+        return page
+
+    @staticmethod
+    def _reg_value(reg: int, g) -> int:
+        spec = REG.ICED_GPR.get(reg)
+        if spec is None:
+            return 0
+        index, width, shift = spec
+        return REG.extract_gpr(g[index], width, shift)
 
     def decode_at(self, linear: int, bitness: int | None = None) -> I.Instruction:
         if bitness is None:

@@ -423,12 +423,14 @@ class RunControl:
         return EventInfo(vector, EV.INTR_TYPE_SOFT_INTR, None, 2), rip_after - 2
 
     def _exception(self, ev: EventInfo, start: int, in_hook: bool) -> None:
-        """An exception raised by QEMU or by emulation, at instruction `start`."""
+        """An exception raised by QEMU or by emulation, at instruction `start`
+        (software interrupts: RIP is rewound to the INT instruction; delivery
+        pushes RIP + length)."""
+        g = self.gprs.read()
+        if g[REG.RIP] != start:
+            g[REG.RIP] = start
+            self.gprs.write()
         if self.subs.wants_exception(ev.vector) and self.client is not None:
-            g = self.gprs.read()
-            if g[REG.RIP] != start:
-                g[REG.RIP] = start
-                self.gprs.write()
             self._pending.append(("exception", ev, start))
             if in_hook:
                 self._hook_stop = True
@@ -499,6 +501,17 @@ class RunControl:
         rip = self.rip
         if self._stepping:
             self._end_stepping()
+        linear = self.exact_linear(ff.linear & ~0xFFF, ff.access)
+        ff.linear = linear
+        if isinstance(exc, PageFault):
+            exc.linear = linear
+        elif isinstance(exc, SecondStageRefusal):
+            if exc.linear is not None and not exc.paging_entry:
+                if exc.gpa is not None:
+                    exc.gpa = (exc.gpa & ~0xFFF) | (linear & 0xFFF)
+                exc.linear = linear
+        elif isinstance(exc, _NonCanonical):
+            exc.linear = linear
         if isinstance(exc, SecondStageRefusal):
             ev = Event(Kind.SECOND_STAGE, rip, detail=exc, address=ff.linear)
             self._resume_native = None
