@@ -34,7 +34,7 @@ _OK = I.OpKind
 MASK64 = (1 << 64) - 1
 
 UNICORN_NATIVE = frozenset({Kind.MOV_DR, Kind.CLTS, Kind.LMSW, Kind.INVLPG, Kind.PAUSE, Kind.WBINVD, Kind.INVD,
-                            Kind.XSETBV, Kind.RDRAND, Kind.RDSEED, Kind.GDTR_IDTR, Kind.LDTR_TR, Kind.HLT})
+                            Kind.XSETBV, Kind.RDRAND, Kind.RDSEED, Kind.GDTR_IDTR, Kind.LDTR_TR})
 # Kinds whose Python emulation may run inside a code hook (no segment/mode change).
 INLINE_SAFE = frozenset({Kind.CPUID, Kind.RDMSR, Kind.RDTSC, Kind.RDTSCP, Kind.IO, Kind.MOV_FROM_CR})
 
@@ -191,28 +191,38 @@ def io(m, insn, rip: int) -> None:
     amask = (1 << (8 * asize)) - 1
     rep = insn.has_rep_prefix or insn.has_repe_prefix or insn.has_repne_prefix
     step = -size if g[REG.RFLAGS] & AR.RFLAGS_DF else size
-    count = g[REG.RCX] & amask if rep else 1
     index = REG.RDI if is_in else REG.RSI
+    pointer, counter = g[index], g[REG.RCX]      # locals: m.translate() re-reads the GPR batch
+    count = counter & amask if rep else 1
     if is_in:
         seg_base = OP.segment_base(m, I.Register.ES, bitness)
     else:
         seg_base = OP.segment_base(m, insn.memory_segment, bitness)
+    lmask = MASK64 if bitness == 64 else 0xFFFFFFFF
+
+    def store() -> None:
+        g2 = m.gprs.read()
+        g2[index] = pointer
+        g2[REG.RCX] = counter
+        return g2
+
     try:
         while count:
-            addr = (seg_base + (g[index] & amask)) & (MASK64 if bitness == 64 else 0xFFFFFFFF)
+            addr = (seg_base + (pointer & amask)) & lmask
             if is_in:
                 m.translate(addr, PG.WRITE)          # fault before the device sees the read
                 m.write_linear(addr, m.io.read(port, size).to_bytes(size, "little"))
             else:
                 m.io.write(port, size, int.from_bytes(m.read_linear(addr, size), "little"))
-            g[index] = (g[index] & ~amask) | ((g[index] + step) & amask)
+            pointer = (pointer & ~amask) | ((pointer + step) & amask)
             count -= 1
             if rep:
-                g[REG.RCX] = (g[REG.RCX] & ~amask) | ((g[REG.RCX] - 1) & amask)
+                counter = (counter & ~amask) | ((counter - 1) & amask)
     except PG.PageFault as pf:
+        store()
         m.gprs.write()                           # completed iterations stay done
         raise Fault.from_page_fault(pf) from None
-    _finish(m, g, rip, insn)
+    _finish(m, store(), rip, insn)
 
 
 # ---- control registers ------------------------------------------------------------------------
@@ -262,6 +272,16 @@ def mov_to_cr(m, insn, rip: int) -> None:
         raise _ud(f"CR{cr} does not exist")
     g = m.gprs.read()
     _finish(m, g, rip, insn)
+
+
+def hlt(m, insn, rip: int) -> None:
+    """HLT: #GP(0) at CPL > 0; else the processor enters the HLT state with RIP
+    after the instruction (and no STI/MOV SS shadow: HLT completes it)."""
+    if m.fast_cpl():
+        raise _gp("HLT at CPL > 0")
+    g = m.gprs.read()
+    _finish(m, g, rip, insn)
+    m.enter_hlt()
 
 
 # ---- #UD-class instructions --------------------------------------------------------------------
@@ -339,7 +359,7 @@ def not_implemented(m, insn, rip: int) -> None:
 
 PYTHON_NATIVE = {
     Kind.CPUID: cpuid, Kind.RDMSR: rdmsr, Kind.WRMSR: wrmsr, Kind.RDTSC: rdtsc, Kind.RDTSCP: rdtsc,
-    Kind.IO: io, Kind.MOV_FROM_CR: mov_from_cr, Kind.MOV_TO_CR: mov_to_cr, Kind.MONITOR: monitor,
+    Kind.IO: io, Kind.MOV_FROM_CR: mov_from_cr, Kind.MOV_TO_CR: mov_to_cr, Kind.HLT: hlt, Kind.MONITOR: monitor,
     Kind.MWAIT: mwait, Kind.RDPMC: rdpmc, Kind.INVPCID: invpcid, Kind.XSAVES: undefined,
     Kind.XRSTORS: undefined, Kind.GETSEC: undefined,
 }

@@ -193,9 +193,11 @@ class RunControl:
         self._fill_fault = None
         rip = self.gprs.read()[REG.RIP]
         g = self.gprs.values
+        self.tsc.resume()
         try:
             err = self.engine.start(rip)
         finally:
+            self.tsc.pause()
             fired = wd.disarm() if deadline is not None else False
         self.segments += 1
         if self._stepping and not self._step_keep:
@@ -658,6 +660,14 @@ class RunControl:
             self._pending.append(("site", _Ephemeral(after - 1, Kind.HLT, self.decode_at(after - 1))))
             return
         self._resume_native = None
+        self.activity = EV.ACTIVITY_HLT
+
+    def enter_hlt(self) -> None:
+        """The HLT state: activity HLT, the interrupt shadow is over."""
+        blob = self.blob.load()
+        if blob.hflags & CB.HF_INHIBIT_IRQ:
+            blob.hflags = blob.hflags & ~CB.HF_INHIBIT_IRQ
+            blob.store()
         self.activity = EV.ACTIVITY_HLT
 
     def _halted(self, host_deadline: float | None) -> Stop | None:

@@ -29,7 +29,9 @@ is why hooks of pages no longer mapped anywhere are removed.
 
 #UD-class instructions (VMX, GETSEC, INVPCID, MONITOR/MWAIT, RDPMC,
 XSAVES/XRSTORS, ICEBP, UD2) reach the invalid-instruction hook instead and are
-not scanned; HLT ends `uc_emu_start` by itself and is not scanned either.
+not scanned.  HLT is scanned although unicorn ends `uc_emu_start` after it: a
+stop requested by the watchdog at the same moment would make the two
+indistinguishable.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ PAGE = 4096
 
 # Opcode bytes of the scanned kinds (two-byte 0F xx forms, PAUSE, I/O).
 _OPCODES = re.compile(
-    rb"(?=(\x0f[\x00\x01\x06\x08\x09\x20-\x23\x30\x31\x32\xa2\xc7]|\xf3\x90|[\xe4-\xe7\xec-\xef\x6c-\x6f]))",
+    rb"(?=(\x0f[\x00\x01\x06\x08\x09\x20-\x23\x30\x31\x32\xa2\xc7]|\xf3\x90|[\xe4-\xe7\xec-\xef\x6c-\x6f\xf4]))",
     re.S)
 _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3" + bytes(range(0x40, 0x50)))
 
@@ -52,7 +54,7 @@ _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3" + bytes(ra
 SCANNED_KINDS = frozenset({
     Kind.CPUID, Kind.RDMSR, Kind.WRMSR, Kind.IO, Kind.MOV_TO_CR, Kind.MOV_FROM_CR, Kind.CLTS,
     Kind.LMSW, Kind.MOV_DR, Kind.INVLPG, Kind.PAUSE, Kind.WBINVD, Kind.INVD, Kind.XSETBV, Kind.RDTSC,
-    Kind.RDTSCP, Kind.RDRAND, Kind.RDSEED, Kind.GDTR_IDTR, Kind.LDTR_TR,
+    Kind.RDTSCP, Kind.RDRAND, Kind.RDSEED, Kind.GDTR_IDTR, Kind.LDTR_TR, Kind.HLT,
 })
 
 

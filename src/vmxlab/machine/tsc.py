@@ -7,9 +7,13 @@ to the TSC adds the same difference to TSC_ADJUST; a write to TSC_ADJUST adds th
 difference to the TSC).
 
 vmxlab's TSC follows the host's monotonic clock scaled to `hz` while guest code
-runs, plus time the machine skips (a halted processor waiting for a timer is
-fast-forwarded to the timer's deadline instead of sleeping).  Between writes it
-never goes backwards.
+runs (inside `uc_emu_start`: `resume()` / `pause()` bracket each run segment),
+stands still while the machine works between segments (so simulator overhead
+does not look like guest time: a periodic timer cannot livelock the guest
+because event delivery in Python is slower than its period), and jumps over time
+the machine skips (a halted processor waiting for a timer is fast-forwarded to
+the timer's deadline instead of sleeping).  Between writes it never goes
+backwards.
 """
 from __future__ import annotations
 
@@ -25,14 +29,29 @@ class VirtualTsc:
         self.hz = hz
         self._clock = clock
         self._origin = clock()
-        self._offset = 0          # TSC value at _origin
+        self._offset = 0          # TSC value at _origin (or now, when paused)
+        self._running = False
         self.adjust = 0           # IA32_TSC_ADJUST
 
     def _elapsed_ticks(self, now_ns: int) -> int:
         return (now_ns - self._origin) * self.hz // 1_000_000_000
 
     def read(self) -> int:
+        if not self._running:
+            return self._offset & 0xFFFFFFFFFFFFFFFF
         return (self._offset + self._elapsed_ticks(self._clock())) & 0xFFFFFFFFFFFFFFFF
+
+    def resume(self) -> None:
+        """Guest code starts running: the TSC counts."""
+        if not self._running:
+            self._origin = self._clock()
+            self._running = True
+
+    def pause(self) -> None:
+        """Guest code stops: the TSC stands still."""
+        if self._running:
+            self._offset += self._elapsed_ticks(self._clock())
+            self._running = False
 
     def write(self, value: int) -> None:
         """WRMSR IA32_TIME_STAMP_COUNTER."""
