@@ -21,9 +21,10 @@ Checks (AsmError when one fails), on every instruction statement:
   jump/call whose operand size is not the section's is rejected (write the
   bytes with .byte/.long/.word).
 
-Label addresses come from marker labels inserted before every statement and a
-table of their values appended to the source (then cut off the output), so
-`labels` holds every label defined in the source.  Results are cached per
+Label addresses come from marker labels inserted before every top-level
+statement and a table of their values appended to the source (then cut off the
+output), so `labels` holds every label defined at top level.  Macro expansions
+and .rept/.irp blocks are checked as instruction sequences.  Results are cached per
 (source, address, bits).
 """
 from __future__ import annotations
@@ -95,47 +96,116 @@ def asm(source: str, address: int = 0, bits: int = 64) -> Assembly:
     return _asm(source, address, bits)
 
 
+_BLOCK_OPEN = (".rept", ".irp", ".irpc", ".macro")
+_BLOCK_CLOSE = (".endr", ".endm")
+
+
 @lru_cache(maxsize=256)
 def _asm(source: str, address: int, bits: int) -> Assembly:
     if bits not in _MODES:
         raise AsmError(f"bits must be 16, 32 or 64, not {bits}")
     stmts = _statements(source)
-    marked = [f"{_MARK.format(i)}: {s}" for i, s in enumerate(stmts)]
-    marked.append(f"{_MARK.format(len(stmts))}:")
-    table = ", ".join(_MARK.format(i) for i in range(len(stmts) + 1))
+    # Marker labels go before top-level statements only: a label inside a .rept or
+    # .macro body would be defined more than once.
+    marked, depth, top = [], 0, []
+    for s in stmts:
+        low = s.lower()
+        word = low.split(None, 1)[0] if low else ""
+        if depth == 0:
+            marked.append(f"{_MARK.format(len(top))}: {s}")
+            top.append(len(marked) - 1)
+        else:
+            marked.append(s)
+        if word in _BLOCK_OPEN:
+            depth += 1
+        elif word in _BLOCK_CLOSE:
+            depth = max(depth - 1, 0)
+    n = len(top) + 1
+    marked.append(f"{_MARK.format(len(top))}:")
+    table = ", ".join(_MARK.format(i) for i in range(n))
     text = "\n".join(marked) + f"\n.quad {table}\n"
     try:
         encoding, _count = Ks(KS_ARCH_X86, _MODES[bits]).asm(text, address)
     except KsError as e:
         raise AsmError(f"keystone: {e} (in {_first_bad(stmts, address, bits)})") from None
     raw = bytes(encoding or b"")
-    n = len(stmts) + 1
     if len(raw) < 8 * n:
         raise AsmError("keystone output is shorter than its statement table")
     offsets = [int.from_bytes(raw[len(raw) - 8 * n + 8 * i:len(raw) - 8 * n + 8 * i + 8], "little") - address
                for i in range(n)]
     code = raw[:len(raw) - 8 * n]
     labels: dict[str, int] = {}
+    macros: set[str] = set()
     mode = bits
-    for i, stmt in enumerate(stmts):
+    depth = 0
+    k = -1                       # index of the current top-level statement
+    block_start = 0
+    block_text: list[str] = []
+    for stmt in stmts:
+        low = stmt.lower()
+        word = low.split(None, 1)[0] if low else ""
+        if depth == 0:
+            k += 1
+        if depth > 0:
+            block_text.append(stmt)
+            if word in _BLOCK_OPEN:
+                depth += 1
+            elif word in _BLOCK_CLOSE:
+                depth -= 1
+                if depth == 0:
+                    chunk = code[offsets[block_start]:offsets[k + 1]] if not block_text[0].lower().startswith(".macro") \
+                        else b""
+                    _check_sequence(" ; ".join(block_text), chunk, address + offsets[block_start], mode)
+            continue
         names, body = _strip_labels(stmt)
         for name in names:
-            labels[name] = address + offsets[i]
-        low = body.lower()
-        if low.startswith(".code16"):
+            labels[name] = address + offsets[k]
+        blow = body.lower()
+        bword = blow.split(None, 1)[0] if blow else ""
+        if bword in _BLOCK_OPEN:
+            depth = 1
+            block_start = k
+            block_text = [body]
+            if bword == ".macro":
+                parts = body.split(None, 2)
+                if len(parts) > 1:
+                    macros.add(parts[1].split(",")[0].strip().lower())
+            continue
+        if blow.startswith(".code16"):
             mode = 16
             continue
-        if low.startswith(".code32"):
+        if blow.startswith(".code32"):
             mode = 32
             continue
-        if low.startswith(".code64"):
+        if blow.startswith(".code64"):
             mode = 64
             continue
         if not body or body.startswith(".") or _ASSIGN.match(body):
             continue
-        chunk = code[offsets[i]:offsets[i + 1]]
-        _check(body, chunk, address + offsets[i], mode)
+        chunk = code[offsets[k]:offsets[k + 1]]
+        if bword in macros:
+            _check_sequence(body, chunk, address + offsets[k], mode)
+        else:
+            _check(body, chunk, address + offsets[k], mode)
     return Assembly(code, address, labels)
+
+
+def _check_sequence(text: str, chunk: bytes, ip: int, mode: int) -> None:
+    """A macro expansion or .rept/.irp block: it must decode cleanly unless it
+    holds data directives; the RIP-relative check applies to each instruction."""
+    if not chunk:
+        return
+    body = [t.strip().lower() for t in text.split(";")]
+    if any(t.startswith(".") and not t.startswith((".rept", ".irp", ".irpc", ".endr", ".set", ".equ"))
+           for t in body):
+        return
+    off = 0
+    for insn in I.Decoder(mode, chunk, ip=ip):
+        if insn.code == I.Code.INVALID:
+            raise AsmError(f"{text!r} at {ip + off:#x}: keystone emitted bytes that do not decode")
+        if mode == 64 and insn.is_ip_rel_memory_operand and "rip" not in text.lower():
+            raise AsmError(f"{text!r}: keystone encoded an absolute memory operand as RIP-relative ({insn})")
+        off += insn.len
 
 
 def _check(stmt: str, chunk: bytes, ip: int, mode: int) -> None:

@@ -66,6 +66,8 @@ class StateAccess:
             ar = CB.flags_to_ar(flags)
             if seg == "CS":
                 ar &= ~0x10000
+            elif seg == "TR" and ar & 0x1F in (1, 9):
+                ar |= 2        # QEMU caches the pre-LTR type; a loaded TR is busy ("LTR")
             s[f"GUEST_{seg}_SELECTOR"] = sel
             s[f"GUEST_{seg}_BASE"] = base
             s[f"GUEST_{seg}_LIMIT"] = limit

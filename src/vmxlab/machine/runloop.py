@@ -514,6 +514,10 @@ class RunControl:
                 exc.linear = linear
         elif isinstance(exc, _NonCanonical):
             exc.linear = linear
+        elif isinstance(exc, NonexistentMemory):
+            exc.address = (exc.address & ~0xFFF) | (linear & 0xFFF)
+            exc.args = (f"{'write' if exc.write else 'read'} at physical {exc.address:#x} "
+                        f"(linear {linear:#x}): no memory there",)
         if isinstance(exc, SecondStageRefusal):
             ev = Event(Kind.SECOND_STAGE, rip, detail=exc, address=ff.linear)
             self._resume_native = None
