@@ -188,3 +188,23 @@ def test_access_rights_table(rw, us, xd, user, wp, access):
         assert not ok
         expected = 1 | (2 if access == WRITE else 0) | (4 if user else 0) | (0x10 if access == FETCH else 0)
         assert e.error_code == expected
+
+
+def test_invlpg_makes_a_changed_mapping_visible_and_tlb_keeps_stale_ones():
+    import mhelpers as H
+    e = H.Env()
+    e.m.mem.write64(0x61000, 0xAAAA)
+    e.m.mem.write64(0x62000, 0xBBBB)
+    e.code(f"""
+        mov rbx, 0x61000
+        mov r10, [rbx]                  # maps linear 0x61000 -> 0x61000 (cached)
+        mov rax, {H.pte(0x61)}
+        mov qword ptr [rax], 0x62007    # now -> 0x62000, no invalidation yet
+        mov r11, [rbx]                  # a TLB may still give the old translation
+        invlpg [rbx]
+        mov r12, [rbx]                  # after INVLPG: the new one
+        cli; hlt""")
+    e.m.run(time_budget=2)
+    assert e.reg("R10") == 0xAAAA
+    assert e.reg("R11") in (0xAAAA, 0xBBBB)
+    assert e.reg("R12") == 0xBBBB

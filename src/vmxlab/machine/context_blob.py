@@ -103,6 +103,7 @@ class BlobLayout:
     exception_next_eip: int
     old_exception: int
     xcr0: int | None
+    efer: int = 0
 
 
 class ContextBlob:
@@ -188,6 +189,19 @@ class ContextBlob:
         """QEMU's check_exception() escalates a second #PF/contributory fault to
         #DF while old_exception != -1; unicorn never resets it."""
         self.set_i32(self.layout.old_exception, -1)
+
+    @property
+    def efer(self) -> int:
+        return self.u64(self.layout.efer)
+
+    def set_efer(self, value: int) -> None:
+        """IA32_EFER exactly (QEMU's WRMSR keeps LMA, which only CR0.PG changes)
+        and the matching HF_LMA bit of hflags."""
+        self.set_u64(self.layout.efer, value)
+        hf = self.hflags & ~HF_LMA
+        if value & (1 << 10):
+            hf |= HF_LMA
+        self.hflags = hf
 
     @property
     def xcr0(self) -> int:
@@ -320,6 +334,15 @@ def _derive(cpu_model: int) -> BlobLayout:
         raise _fail("DR0 marker not found exactly once")
     dr = hits[0]
     error_code, is_int, next_eip, old_exc = dr - 16, dr - 12, dr - 8, dr + 8 * 8 + 4 * 8
+    # IA32_EFER: the u64 that follows two different WRMSRs (LMA stays set in a 64-bit engine)
+    found = []
+    for value in (0x901, 0x101):
+        eng.msr_write(0xC0000080, value)
+        found.append(set(_find_u64(snap(), value | 0x400)))
+    efer_candidates = sorted(found[0] & found[1])
+    if len(efer_candidates) != 1:
+        raise _fail("IA32_EFER not found exactly once")
+    efer_off = efer_candidates[0]
     fresh = ffi.Engine(cpu_model, tlb_virtual=False)
     fctx, _ = fresh.context_alloc()
     fresh.context_save(fctx)
@@ -328,7 +351,7 @@ def _derive(cpu_model: int) -> BlobLayout:
     lay = BlobLayout(size=size, header=h, regs=h, eip=h + 128, eflags=h + 136, hflags=hflags,
                      hflags2=hflags2, segs=segs, cr=cr, dr=dr, error_code=error_code,
                      exception_is_int=is_int, exception_next_eip=next_eip, old_exception=old_exc,
-                     xcr0=None)
+                     xcr0=None, efer=efer_off)
     _check_exceptions(cpu_model, lay)
     xcr0 = _find_xcr0(cpu_model, lay)
     _check_inhibit(cpu_model, lay)

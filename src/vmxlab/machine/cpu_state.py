@@ -17,11 +17,12 @@ Where each part lives:
 - IA32_EFER, SYSENTER_*, STAR, LSTAR, CSTAR, FMASK, KERNEL_GS_BASE: unicorn MSRs;
   IA32_DEBUGCTL, IA32_PAT, TSC_AUX: the MSR file; XCR0: the context blob.
 
-Order of `set_state` (SDM "Loading Guest State" has the same concerns): CR4 and
-CR3 before CR0 (QEMU enters IA-32e mode when CR0.PG is set with EFER.LME),
-IA32_EFER last among the control registers (its LMA is then exactly the
-snapshot's), then the blob (segments and hflags recomputed from the final CR0
-and RFLAGS), then the PAE PDPTEs are reloaded and every TLB entry dropped.
+Order of `set_state`: CR4, CR3, CR0 through unicorn (only those that change:
+each write has QEMU side effects), then the blob: segments, IA32_EFER written
+exactly (QEMU's WRMSR cannot change LMA, which it derives from CR0.PG writes)
+with the matching HF_LMA, hflags recomputed from the final CR0 and RFLAGS;
+then the PAE PDPTEs are reloaded and unicorn's (untagged) TLB is dropped; the
+machine's software TLB, tagged by translation context, is kept.
 """
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ _MSR_KEYS = (("GUEST_IA32_DEBUGCTL", M.IA32_DEBUGCTL), ("GUEST_SYSENTER_CS", M.I
              ("FMASK", M.IA32_FMASK), ("TSC_AUX", M.IA32_TSC_AUX))
 
 
+_GPR_KEYS = tuple({"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLAGS"}.get(n, n)
+                  for n in REG.GPRS_NAMES)
+_CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
+_SEG_KEYS = tuple((_SLOT[seg], f"GUEST_{seg}_SELECTOR", f"GUEST_{seg}_BASE", f"GUEST_{seg}_LIMIT",
+                   f"GUEST_{seg}_AR_BYTES") for seg in SEGMENTS)
+
+
 class StateAccess:
     """Mixin of Machine: get_state / set_state."""
 
@@ -49,34 +57,28 @@ class StateAccess:
         g = self.gprs.read()
         c = self.ctrl.read()
         blob = self.blob.load()
-        s: dict[str, int] = {}
-        for i, name in enumerate(REG.GPRS_NAMES):
-            s[name] = g[i]
-        s["GUEST_RSP"] = s.pop("RSP")
-        s["GUEST_RIP"] = s.pop("RIP")
-        s["GUEST_RFLAGS"] = s.pop("RFLAGS")
+        s: dict[str, int] = dict(zip(_GPR_KEYS, g))
         if self._stepping and not self._guest_tf:
             s["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
-        s["GUEST_CR0"], s["CR2"], s["GUEST_CR3"], s["GUEST_CR4"] = c[REG.CR0], c[REG.CR2], c[REG.CR3], c[REG.CR4]
-        s["DR0"], s["DR1"], s["DR2"], s["DR3"] = c[REG.DR0], c[REG.DR1], c[REG.DR2], c[REG.DR3]
-        s["DR6"], s["GUEST_DR7"] = c[REG.DR6], c[REG.DR7]
+        s.update(zip(_CTRL_KEYS, c))
         s["CR8"] = self.cr8
-        for seg in SEGMENTS:
-            sel, base, limit, flags = blob.cache(_SLOT[seg])
-            ar = CB.flags_to_ar(flags)
-            if seg == "CS":
-                ar &= ~0x10000
-            elif seg == "TR" and ar & 0x1F in (1, 9):
+        cache = blob.cache
+        for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
+            sel, base, limit, flags = cache(slot)
+            ar = (flags >> 8) & 0xF0FF
+            if not flags & CB.DESC_P:
+                if slot != CB.CS:
+                    ar |= 0x10000
+            elif slot == CB.TR and ar & 0x1F in (1, 9):
                 ar |= 2        # QEMU caches the pre-LTR type; a loaded TR is busy ("LTR")
-            s[f"GUEST_{seg}_SELECTOR"] = sel
-            s[f"GUEST_{seg}_BASE"] = base
-            s[f"GUEST_{seg}_LIMIT"] = limit
-            s[f"GUEST_{seg}_AR_BYTES"] = ar
-        _s, s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"], _f = blob.cache(CB.GDT)
-        _s, s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"], _f = blob.cache(CB.IDT)
-        hf = blob.hflags
+            s[ksel] = sel
+            s[kbase] = base
+            s[klimit] = limit
+            s[kar] = ar
+        _s, s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"], _f = cache(CB.GDT)
+        _s, s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"], _f = cache(CB.IDT)
         intr = 0
-        if hf & CB.HF_INHIBIT_IRQ:
+        if blob.hflags & CB.HF_INHIBIT_IRQ:
             intr |= EV.INTERRUPTIBILITY_STI if s["GUEST_RFLAGS"] & AR.RFLAGS_IF else EV.INTERRUPTIBILITY_MOV_SS
         if blob.hflags2 & CB.HF2_NMI:
             intr |= EV.INTERRUPTIBILITY_NMI
@@ -85,9 +87,20 @@ class StateAccess:
         s["GUEST_PENDING_DBG_EXCEPTIONS"] = self.pending_debug
         s["XCR0"] = blob.xcr0
         s["GUEST_IA32_EFER"] = self._efer
-        for key, index in _MSR_KEYS:
-            s[key] = self.msrs.peek(index) if self.msrs.exists(index) else 0
-        return {k: s[k] for k in KEYS}
+        io = self._state_io()
+        s.update(zip(io.uc_keys, io.batch.read()))
+        values = self.msrs.values
+        for key, index in io.py_msrs:
+            s[key] = values.get(index, 0)
+        for key in io.absent:
+            s[key] = 0
+        return s
+
+    def _state_io(self) -> "_StateIO":
+        io = self.__dict__.get("_stateio")
+        if io is None:
+            io = self._stateio = _StateIO(self)
+        return io
 
     def set_state(self, s: dict[str, int]) -> None:
         """Load a snapshot (every key of state.KEYS must be present).
@@ -95,40 +108,55 @@ class StateAccess:
         Values are loaded as given: this is the processor's state, not an
         instruction; consistency is the caller's business (VM entry checks it
         first).  The only adjustments are the ones the hardware registers
-        themselves make: RFLAGS bit 1 reads 1, DR6/DR7 fixed bits."""
-        missing = [k for k in KEYS if k not in s]
-        if missing:
-            raise KeyError(f"state lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        themselves make: RFLAGS bit 1 reads 1, DR6/DR7 fixed bits.  Cached
+        translations are not invalidated (call flush_tlb() for that), except
+        unicorn's own TLB, which has no address-space tags."""
+        try:
+            self._set_state(s)
+        except KeyError as e:
+            missing = [k for k in KEYS if k not in s]
+            raise KeyError(f"state lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}") from e
+
+    def _set_state(self, s: dict[str, int]) -> None:
         self._end_stepping()
-        self.engine.reg_write(REG.X.UC_X86_REG_CR4, s["GUEST_CR4"])
-        self.engine.reg_write(REG.X.UC_X86_REG_CR3, s["GUEST_CR3"])
-        self.engine.reg_write(REG.X.UC_X86_REG_CR0, s["GUEST_CR0"])
-        self.engine.msr_write(M.IA32_EFER, s["GUEST_IA32_EFER"])
-        self._efer = s["GUEST_IA32_EFER"]
-        c = self.ctrl.values
-        self.ctrl.read()
+        io = self._state_io()
+        c = self.ctrl.read()
+        efer = s["GUEST_IA32_EFER"]
+        cr0 = s["GUEST_CR0"]
+        if c[REG.CR4] != s["GUEST_CR4"]:
+            io.write_reg(REG.X.UC_X86_REG_CR4, s["GUEST_CR4"])
+        if c[REG.CR3] != s["GUEST_CR3"]:
+            io.write_reg(REG.X.UC_X86_REG_CR3, s["GUEST_CR3"])
+        if c[REG.CR0] != cr0:
+            io.write_reg(REG.X.UC_X86_REG_CR0, cr0)
+        self._efer = efer                  # written exactly into the blob below
+        c = self.ctrl.read()
         c[REG.CR2] = s["CR2"]
         c[REG.DR0], c[REG.DR1], c[REG.DR2], c[REG.DR3] = s["DR0"], s["DR1"], s["DR2"], s["DR3"]
-        c[REG.DR6] = s["DR6"] | 0xFFFF0FF0 & 0xFFFFFFFF
+        c[REG.DR6] = s["DR6"] | 0xFFFF0FF0
         c[REG.DR7] = (s["GUEST_DR7"] | 0x400) & ~0xD000
         self.ctrl.write()
         g = self.gprs.values
-        for i, name in enumerate(REG.GPRS_NAMES):
-            key = {"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLAGS"}.get(name, name)
+        for i, key in enumerate(_GPR_KEYS):
             g[i] = s[key]
         g[REG.RFLAGS] |= 2
         self.gprs.write()
-        for key, index in _MSR_KEYS:
-            if self.msrs.exists(index):
-                self.msrs.poke(index, s[key])
+        io.batch.write([s[k] for k in io.uc_keys])
+        values = self.msrs.values
+        for key, index in io.py_msrs:
+            values[index] = s[key] & 0xFFFFFFFF if index == M.IA32_TSC_AUX else s[key]
         blob = self.blob.load()
-        for seg in SEGMENTS:
-            ar = s[f"GUEST_{seg}_AR_BYTES"]
-            blob.set_cache(_SLOT[seg], s[f"GUEST_{seg}_SELECTOR"], s[f"GUEST_{seg}_BASE"],
-                           s[f"GUEST_{seg}_LIMIT"], CB.ar_to_flags(ar))
-        blob.set_cache(CB.GDT, 0, s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"], 0)
-        blob.set_cache(CB.IDT, 0, s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"], 0)
-        blob.recompute_segment_hflags(s["GUEST_CR0"], g[REG.RFLAGS])
+        set_cache = blob.set_cache
+        for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
+            ar = s[kar]
+            flags = (ar & 0xF0FF) << 8
+            if ar & 0x10000:
+                flags &= ~CB.DESC_P
+            set_cache(slot, s[ksel], s[kbase], s[klimit], flags)
+        set_cache(CB.GDT, 0, s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"], 0)
+        set_cache(CB.IDT, 0, s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"], 0)
+        blob.set_efer(efer)
+        blob.recompute_segment_hflags(cr0, g[REG.RFLAGS])
         intr = s["GUEST_INTERRUPTIBILITY_INFO"]
         hf = blob.hflags & ~CB.HF_INHIBIT_IRQ
         if intr & (EV.INTERRUPTIBILITY_STI | EV.INTERRUPTIBILITY_MOV_SS):
@@ -155,3 +183,22 @@ class StateAccess:
         """(selector, base, limit, VMCS access rights) of ES..GS, LDTR or TR."""
         sel, base, limit, flags = self.blob.load().cache(_SLOT[name])
         return sel, base, limit, CB.flags_to_ar(flags)
+
+
+class _StateIO:
+    """Precomputed pieces of get_state/set_state for one machine: which state MSRs
+    exist, one MsrBatch for those unicorn holds, a raw single-register writer."""
+
+    def __init__(self, m):
+        from . import unicorn_ffi as ffi
+        from .msr_file import UNICORN_BACKED
+        present = [(k, i) for k, i in _MSR_KEYS if m.msrs.exists(i)]
+        self.absent = [k for k, i in _MSR_KEYS if not m.msrs.exists(i)]
+        uc = [(k, i) for k, i in present if i in UNICORN_BACKED]
+        self.py_msrs = [(k, i) for k, i in present if i not in UNICORN_BACKED]
+        self.uc_keys = [k for k, _ in uc]
+        self.batch = ffi.MsrBatch(m.engine.handle, [i for _, i in uc])
+        self._engine = m.engine
+
+    def write_reg(self, reg: int, value: int) -> None:
+        self._engine.reg_write(reg, value)

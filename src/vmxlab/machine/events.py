@@ -116,7 +116,7 @@ def escalate(first: EventInfo, fault: Fault) -> EventInfo:
 @dataclass(slots=True)
 class _Frame:
     """Everything a successful delivery changes."""
-    writes: list            # (linear, bytes, cpl, implicit)
+    writes: list            # (linear, bytes, cpl, implicit): the stack frame, lowest address first
     rsp: int
     rip: int
     rflags: int
@@ -136,12 +136,13 @@ class Delivery:
 
     def __init__(self, machine):
         self.m = machine
+        self.ctx = None
 
     # -- helpers ------------------------------------------------------------------------
     def _read(self, addr: int, size: int) -> bytes:
         """An implicit supervisor-mode read (IDT, GDT, LDT, TSS)."""
         try:
-            return self.m.read_linear(addr, size, cpl=0, implicit=True)
+            return self.m.read_linear(addr, size, cpl=0, implicit=True, ctx=self.ctx)
         except PageFault as pf:
             raise Fault.from_page_fault(pf) from None
 
@@ -162,10 +163,11 @@ class Delivery:
         return base, limit, ar, tbase + index
 
     # -- entry point --------------------------------------------------------------------
-    def deliver(self, ev: EventInfo) -> None:
-        """Deliver `ev` or raise Fault / MachineNotImplemented without changing state."""
+    def deliver(self, ev: EventInfo, blob=None) -> None:
+        """Deliver `ev` or raise Fault / MachineNotImplemented without changing state.
+        `blob`: the context blob already loaded (and not changed since) by the caller."""
         m = self.m
-        gprs, cr0, cr4, efer, blob = m._cpu_view()
+        gprs, cr0, cr4, efer, blob, self.ctx = m._cpu_view(blob)
         rip = gprs[16]
         rflags = gprs[17]
         return_rip = rip + ev.length if ev.type in (EV.INTR_TYPE_SOFT_INTR, EV.INTR_TYPE_SOFT_EXCEPTION,
@@ -183,7 +185,7 @@ class Delivery:
         _s, idt_base, idt_limit, _f = blob.cache(CB.IDT)
         if ev.vector * 4 + 3 > idt_limit:
             raise Fault(EV.GP, None, reason="IVT entry beyond the IDTR limit")
-        entry = self.m.read_linear(idt_base + ev.vector * 4, 4, cpl=0, implicit=True)
+        entry = self.m.read_linear(idt_base + ev.vector * 4, 4, cpl=0, implicit=True, ctx=self.ctx)
         ip, cs = struct.unpack("<HH", entry)
         ss_sel, ss_base, _l, _fl = blob.cache(CB.SS)
         cs_sel = blob.cache(CB.CS)[0]
@@ -192,6 +194,7 @@ class Delivery:
         for value in (rflags & 0xFFFF, cs_sel, return_rip & 0xFFFF):
             sp = (sp - 2) & 0xFFFF
             writes.append((ss_base + sp, struct.pack("<H", value), 0, False))
+        writes.reverse()
         new_rsp = (gprs[4] & ~0xFFFF) | sp
         new_flags = rflags & ~(R.RFLAGS_IF | R.RFLAGS_TF | R.RFLAGS_AC)
         cs_cache = (cs, cs << 4, 0xFFFF, blob.cache(CB.CS)[3])
@@ -320,12 +323,18 @@ class Delivery:
         if ev.type == EV.INTR_TYPE_HARD_EXCEPTION and ev.vector in FAULT_VECTORS:
             rf_index = 2 if lma else (len(items) - 3 - (1 if ev.error_code is not None else 0))
             items[rf_index] |= R.RFLAGS_RF
-        writes = []
         sp = new_rsp
         implicit = new_cpl < 3
-        for value in items:
-            sp = (sp - width) & stack_mask if not lma else (sp - width) & ((1 << 64) - 1)
-            writes.append((stack_base + sp, value.to_bytes(8, "little")[:width], new_cpl, implicit))
+        mask = ((1 << 64) - 1) if lma else stack_mask
+        sp = (sp - width * len(items)) & mask
+        frame_bytes = b"".join(v.to_bytes(8, "little")[:width] for v in reversed(items))
+        if lma or sp + len(frame_bytes) <= stack_mask:
+            writes = [(stack_base + sp, frame_bytes, new_cpl, implicit)]
+        else:                                    # the 16/32-bit stack wraps inside the frame
+            writes = []
+            for i, value in enumerate(reversed(items)):
+                writes.append((stack_base + ((sp + i * width) & stack_mask),
+                               value.to_bytes(8, "little")[:width], new_cpl, implicit))
         if not lma:
             new_rsp_full = (rsp & ~stack_mask) | sp if new_ss is None else sp
         else:

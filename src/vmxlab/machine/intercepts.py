@@ -118,25 +118,28 @@ VMX_KINDS = frozenset({Kind.VMXON, Kind.VMXOFF, Kind.VMCLEAR, Kind.VMPTRLD, Kind
                        Kind.VMFUNC})
 
 
-@dataclass(slots=True, eq=False)
 class Event:
+    """One event handed to the client (fields by kind: see the module doc).
+
+    A plain class with class-level defaults: constructing one sets only the
+    fields the event has (this is on every intercept's path)."""
     kind: Kind
     rip: int
-    length: int = 0
+    length = 0
     insn: Any = None                 # iced_x86.Instruction
-    leaf: int = 0
-    subleaf: int = 0
+    leaf = 0
+    subleaf = 0
     msr: int | None = None
     value: int | None = None
     port: int | None = None
-    size: int = 0
-    is_in: bool = False
-    string: bool = False
-    rep: bool = False
+    size = 0
+    is_in = False
+    string = False
+    rep = False
     cr: int | None = None
     dr: int | None = None
     gpr: int | None = None
-    write: bool = False
+    write = False
     address: int | None = None
     vector: int | None = None
     event_type: int | None = None
@@ -144,6 +147,23 @@ class Event:
     cr2: int | None = None
     vectoring: Any = None            # events.EventInfo of the event being delivered
     detail: Any = None
+
+    def __init__(self, kind: Kind, rip: int, length: int = 0, insn: Any = None, **fields: Any):
+        self.kind = kind
+        self.rip = rip
+        if length:
+            self.length = length
+        if insn is not None:
+            self.insn = insn
+        if fields:
+            for name in fields:
+                if not hasattr(Event, name):
+                    raise TypeError(f"Event has no field {name!r}")
+            self.__dict__.update(fields)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in ("kind", "rip", "insn"))
+        return f"Event({self.kind.value} at {self.rip:#x}{', ' + parts if parts else ''})"
 
 
 Client = Callable[[Any, Event], Action]

@@ -193,6 +193,9 @@ class MemoryAccess:
         ctx = Context.from_registers(cr0, cr3, cr4, efer, self.profile.maxphyaddr,
                                      self.profile.has("PDPE1GB"), self.pdptes)
         self._ctx_key, self._ctx = key, ctx
+        # the software TLB is tagged by translation context (like PCIDs/VPIDs): each
+        # context has its own dictionary, all emptied by flush_tlb()
+        self._stlb = self._stlbs.setdefault(key, {})
         return ctx
 
     def walk(self, linear: int, access: int = READ, *, user: bool = False, implicit: bool = False,
@@ -209,34 +212,80 @@ class MemoryAccess:
             cpl = self.cpl()
         return cpl == 3
 
+    def _lookup(self, linear: int, access: int, user: bool, implicit: bool, ac: bool,
+                ctx: Context | None = None) -> tuple[int, int, int]:
+        """(guest-physical page, host-physical page, allowed kinds) of the page of
+        `linear`, from the software TLB or by a walk (which sets A/D flags and
+        fills it).  The software TLB holds only successful translations and is
+        emptied by flush_tlb(), like a hardware TLB."""
+        ctx = ctx or self.paging_context()
+        key = (linear >> 12, access, user, implicit, ac)
+        hit = self._stlb.get(key)
+        if hit is not None:
+            return hit
+        self._ptacc.linear = linear
+        tr = PG.translate(ctx, linear, access, user, self._ptacc, ac, implicit, True)
+        allowed = PG.allowed(tr, ctx, user, ac, implicit)
+        gpa = tr.physical & ~0xFFF
+        s2 = self._second_stage
+        if s2 is None:
+            hpa = gpa
+        else:
+            try:
+                hpa, s2allowed = s2(gpa | (linear & 0xFFF), access, linear, False)
+            except SecondStageRefusal as r:
+                r.gpa, r.access, r.linear, r.paging_entry = gpa | (linear & 0xFFF), access, linear, False
+                raise
+            if not s2allowed & access:
+                r = SecondStageRefusal(f"second stage allows {s2allowed:#x}, not {_KIND_NAME[access]}")
+                r.gpa, r.access, r.linear, r.paging_entry = gpa | (linear & 0xFFF), access, linear, False
+                raise r
+            allowed &= s2allowed
+            hpa &= ~0xFFF
+        if not 0 <= hpa < self.mem.size:
+            raise NonexistentMemory(hpa | (linear & 0xFFF), 1, access == WRITE)
+        entry = (gpa, hpa, allowed)
+        self._stlb[key] = entry
+        return entry
+
     def translate(self, linear: int, access: int = READ, cpl: int | None = None, implicit: bool = False,
                   set_ad: bool = True) -> int:
         """The guest-physical address of `linear` for an access at `cpl` (default:
-        the current CPL); raises PageFault, SecondStageRefusal, NonexistentMemory."""
+        the current CPL); raises PageFault, SecondStageRefusal, NonexistentMemory.
+        `set_ad=False` walks without touching accessed/dirty flags or the TLB."""
         user = (not implicit) and self._current_cpl_user(cpl)
-        ac = bool(self.gprs.read()[REG.RFLAGS] & AR.RFLAGS_AC) if not user else False
         ctx = self.paging_context()
-        self._ptacc.linear = linear
-        return PG.translate(ctx, linear, access, user, self._ptacc, ac, implicit, set_ad).physical
+        ac = (not user and ctx.smap and bool(self.gprs.read()[REG.RFLAGS] & AR.RFLAGS_AC))
+        if not set_ad:
+            self._ptacc.linear = linear
+            return PG.translate(ctx, linear, access, user, self._ptacc, ac, implicit, False).physical
+        return self._lookup(linear, access, user, implicit, ac, ctx)[0] | (linear & 0xFFF)
 
-    def _linear_chunks(self, linear: int, size: int, access: int, cpl: int | None, implicit: bool) -> list:
+    def _linear_chunks(self, linear: int, size: int, access: int, cpl: int | None, implicit: bool,
+                       ctx: Context | None = None) -> list:
         """[(hpa, n)] covering linear [linear, linear + size), translated first (all
         or nothing)."""
         chunks = []
         mask = (1 << 64) - 1 if self._efer & M.EFER_LMA else 0xFFFFFFFF
+        user = (not implicit) and self._current_cpl_user(cpl)
+        ctx = ctx or self.paging_context()
+        ac = (not user and ctx.smap and bool(self.gprs.read()[REG.RFLAGS] & AR.RFLAGS_AC))
         while size > 0:
             n = min(size, PAGE - (linear & 0xFFF))
-            gpa = self.translate(linear, access, cpl, implicit)
-            chunks.append((self._gpa_to_hpa(gpa, access, linear), n))
+            _gpa, hpa, _allowed = self._lookup(linear, access, user, implicit, ac, ctx)
+            chunks.append((hpa | (linear & 0xFFF), n))
             linear = (linear + n) & mask
             size -= n
         return chunks
 
     def read_linear(self, linear: int, size: int, cpl: int | None = None, implicit: bool = False,
-                    fetch: bool = False) -> bytes:
+                    fetch: bool = False, ctx: Context | None = None) -> bytes:
         """Read through the current paging (sets accessed flags)."""
         access = FETCH if fetch else READ
-        return b"".join(self.mem.read(h, n) for h, n in self._linear_chunks(linear, size, access, cpl, implicit))
+        chunks = self._linear_chunks(linear, size, access, cpl, implicit, ctx)
+        if len(chunks) == 1:
+            return self.mem.read(*chunks[0])
+        return b"".join(self.mem.read(h, n) for h, n in chunks)
 
     def write_linear(self, linear: int, data: bytes, cpl: int | None = None, implicit: bool = False) -> None:
         """Write through the current paging (all pages translated before any byte is written)."""
@@ -251,6 +300,8 @@ class MemoryAccess:
         (vmxlab drops all in both cases, which the architecture allows: "a
         processor may invalidate more than required")."""
         self.engine.flush_tlb()
+        self._stlbs.clear()
+        self._stlb = self._stlbs.setdefault(self._ctx_key, {})
 
     # -- the TLB fill hook --------------------------------------------------------------------
     def _on_fill(self, uc, vaddr: int, mtype: int, entry, ud) -> bool:
@@ -273,31 +324,16 @@ class MemoryAccess:
             return False
         if user and self._in_system_table(vaddr):
             user, implicit = False, True
-        self._ptacc.linear = vaddr
         try:
-            tr = PG.translate(ctx, vaddr, access, user, self._ptacc, bool(rflags & AR.RFLAGS_AC), implicit, True)
-            allowed = PG.allowed(tr, ctx, user, bool(rflags & AR.RFLAGS_AC), implicit)
-            gpa = tr.physical & ~0xFFF
-            s2 = self._second_stage
-            if s2 is None:
-                hpa = gpa
-            else:
-                try:
-                    hpa, s2allowed = s2(gpa, access, vaddr, False)
-                except SecondStageRefusal as r:
-                    r.gpa, r.access, r.linear, r.paging_entry = gpa | (vaddr & 0xFFF), access, vaddr, False
-                    raise
-                if not s2allowed & access:
-                    r = SecondStageRefusal(f"second stage allows {s2allowed:#x}, not {_KIND_NAME[access]}")
-                    r.gpa, r.access, r.linear, r.paging_entry = gpa, access, vaddr, False
-                    raise r
-                allowed &= s2allowed
-                hpa &= ~0xFFF
-            if not 0 <= hpa < self.mem.size:
-                raise NonexistentMemory(hpa | (vaddr & 0xFFF), 1, access == WRITE)
+            _gpa, hpa, allowed = self._lookup(vaddr, access, user, implicit,
+                                              bool(not user and ctx.smap and rflags & AR.RFLAGS_AC), ctx)
         except (PageFault, SecondStageRefusal, NonexistentMemory) as e:
             self._fill_fault = FillFault(e, vaddr, access)
             return False
+        self._fills_since_flush += 1
+        if self._fills_since_flush > self._grow_at:
+            self._grow_tlb = True                   # see RunControl: QEMU sizes its TLB when flushed
+            self.engine.stop()
         vpage = vaddr & ~0xFFF
         sites = self.sites
         if access == FETCH:

@@ -50,6 +50,8 @@ from . import unicorn_ffi as ffi
 from .context_blob import ContextBlob
 from .cpu_state import StateAccess
 from .cpuid import CpuidModel
+from . import emulate as EMU
+from . import operands as OP
 from .devices import DebugConsole, IoBus, Timer, Uart16550
 from .events import Delivery, EventInfo, Fault, MachineNotImplemented, TripleFault, escalate
 from .intercepts import Event, Kind, Subscriptions
@@ -61,6 +63,9 @@ from .sites import SiteRegistry
 from .tsc import DEFAULT_HZ, VirtualTsc
 
 CPU_MODEL = ffi.X.UC_CPU_X86_SKYLAKE_SERVER     # SMAP-aware QEMU TLB indexes, AVX, XSAVE
+_MEMORY_OPERAND_KINDS = frozenset(Kind) - {Kind.CPUID, Kind.RDMSR, Kind.WRMSR, Kind.IO, Kind.MOV_TO_CR,
+                                           Kind.MOV_FROM_CR, Kind.MOV_DR, Kind.HLT, Kind.PAUSE, Kind.RDTSC,
+                                           Kind.RDTSCP, Kind.CLTS, Kind.WBINVD, Kind.INVD}
 
 
 class Machine(StateAccess, MemoryAccess, RunControl):
@@ -120,6 +125,11 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._ctx_key = None
         self._ctx = None
         self._ptacc = _PagingAccessor(self)
+        self._stlbs: dict = {}                    # software TLB per translation context (linear.py)
+        self._stlb: dict = {}
+        self._fills_since_flush = 0
+        self._grow_at = 2048
+        self._grow_tlb = False
         self._efer = 0
         self.pdptes: tuple[int, int, int, int] | None = None
         self.cr8 = 0
@@ -308,13 +318,23 @@ class Machine(StateAccess, MemoryAccess, RunControl):
             self.activity = EV.ACTIVITY_SHUTDOWN
         return result
 
-    def _deliver(self, ev: EventInfo):
-        """Deliver with escalation; None, or the Event the caller must hand on."""
+    def _deliver(self, ev: EventInfo, blob=None):
+        """Deliver with escalation; None, or the Event the caller must hand on.
+        `blob`: already loaded by the caller and unchanged since (saves a copy)."""
+        result = self._deliver_chain(ev, blob)
+        if result is not None:
+            b = self.blob.load()                 # not delivered: QEMU's exception-in-flight
+            b.clear_exception_in_flight()        # marker must still be cleared
+            b.store()
+        return result
+
+    def _deliver_chain(self, ev: EventInfo, blob):
         current = ev
         rip = self.gprs.read()[REG.RIP]
         while True:
             try:
-                self.delivery.deliver(current)
+                self.delivery.deliver(current, blob)
+                blob = None
                 self.delivered += 1
                 return None
             except Fault as f:
@@ -330,6 +350,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
                 if f.cr2 is not None and nxt.vector == EV.DF:
                     self._set_cr2(f.cr2)
                 current = nxt
+                blob = None
             except SecondStageRefusal as r:
                 return Event(Kind.SECOND_STAGE, rip, detail=r, vectoring=current,
                              address=r.linear)
@@ -341,20 +362,22 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         c[REG.CR2] = value
         self.ctrl.write()
 
-    def _cpu_view(self):
+    def _cpu_view(self, blob=None):
         g = self.gprs.read()
         c = self.ctrl.read()
-        return g, c[REG.CR0], c[REG.CR4], self._efer, self.blob.load()
+        ctx = self.paging_context(c[REG.CR0], c[REG.CR3], c[REG.CR4])
+        return g, c[REG.CR0], c[REG.CR4], self._efer, blob if blob is not None else self.blob.load(), ctx
 
     def _commit_delivery(self, frame, ev: EventInfo, blob) -> None:
         cr0 = self.ctrl.values[REG.CR0]
+        ctx = self.delivery.ctx
         writes = []
         try:
             for linear, data, cpl, implicit in frame.writes:
-                writes.append((self._linear_chunks(linear, len(data), PG.WRITE, cpl, implicit), data))
+                writes.append((self._linear_chunks(linear, len(data), PG.WRITE, cpl, implicit, ctx), data))
             if frame.gdt_accessed is not None:
                 lin, val = frame.gdt_accessed
-                writes.append((self._linear_chunks(lin, 1, PG.WRITE, 0, True), bytes([val])))
+                writes.append((self._linear_chunks(lin, 1, PG.WRITE, 0, True, ctx), bytes([val])))
         except PG.PageFault as pf:
             raise Fault.from_page_fault(pf) from None
         for chunks, data in writes:
@@ -382,12 +405,11 @@ class Machine(StateAccess, MemoryAccess, RunControl):
 
     # -- instruction events ----------------------------------------------------------------------
     def _instruction_event(self, kind: Kind, insn, rip: int) -> Event:
-        from . import emulate as EMU
-        from . import operands as OP
         ev = Event(kind, rip, insn.len, insn)
         g = self.gprs.read()
         if kind == Kind.CPUID:
             ev.leaf, ev.subleaf = g[REG.RAX] & 0xFFFFFFFF, g[REG.RCX] & 0xFFFFFFFF
+            return ev
         elif kind in (Kind.RDMSR, Kind.WRMSR):
             ev.msr = g[REG.RCX] & 0xFFFFFFFF
             if kind == Kind.WRMSR:
@@ -409,7 +431,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
             ev.dr, ev.gpr, ev.write = REG.ICED_DR[dr_reg], REG.ICED_GPR[gpr][0], to_dr
         if kind == Kind.LMSW:
             ev.value = OP.read_operand(self, insn, 0, 2) if insn.op0_kind != ffi_mem() else None
-        if any(insn.op_kind(i) == ffi_mem() for i in range(insn.op_count)):
+        if kind in _MEMORY_OPERAND_KINDS and any(insn.op_kind(i) == ffi_mem() for i in range(insn.op_count)):
             try:
                 ev.address = OP.operand_address(self, insn)
             except ValueError:
@@ -564,8 +586,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
     def _state_changed(self) -> None:
         self._resume_native = None
         self._bp_skip = None
-        self._ctx_key = None
-        c = self.ctrl.read()
+        c = self.ctrl.values                      # read by set_state
         if self._pae_paging(c[REG.CR0], c[REG.CR4], self._efer):
             try:
                 self.pdptes = PG.read_pdptes(self._ptacc, c[REG.CR3], self.profile.maxphyaddr)
@@ -573,7 +594,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
                 self.pdptes = None
         else:
             self.pdptes = None
-        self.flush_tlb()
+        self.engine.flush_tlb()                   # unicorn's TLB is not tagged by address space
 
     def stats(self) -> dict[str, int]:
         return {"tlb_fills": self.tlb_fills, "segments": self.segments, "emulated": self.emulated,

@@ -179,13 +179,15 @@ class RunControl:
     # -- one uc_emu_start ---------------------------------------------------------------------
     def _segment(self, host_deadline: float | None) -> Stop | None:
         deadline = host_deadline
-        tsc_targets = [t for t in (self.timer.deadline, self._tsc_deadline) if t is not None]
-        if tsc_targets:
-            d = time.perf_counter() + self.tsc.seconds_until(min(tsc_targets))
+        t1, t2 = self.timer.deadline, self._tsc_deadline
+        if t1 is not None or t2 is not None:
+            target = t1 if t2 is None else (t2 if t1 is None else min(t1, t2))
+            d = time.perf_counter() + self.tsc.seconds_until(target)
             deadline = d if deadline is None else min(deadline, d)
-        self._want_step = self._needs_stepping()
-        if self._want_step:
-            self._begin_stepping()
+        if self._nmi_pending or self._irr or self._window_irq or self._window_nmi:
+            self._want_step = self._needs_stepping()
+            if self._want_step:
+                self._begin_stepping()
         wd = self._watchdog
         if deadline is not None:
             wd.arm(deadline)
@@ -202,8 +204,18 @@ class RunControl:
         self.segments += 1
         if self._stepping and not self._step_keep:
             self._end_stepping()
+        grew = self._grow_tlb
+        if grew:
+            # QEMU resizes its softmmu TLB (doubling it while more than 70% of the
+            # entries were used) only when it is flushed: a working set larger than
+            # the TLB refills forever through the Python fill.  Flushing unicorn's
+            # TLB (not the machine's software TLB, which stays valid) lets it grow.
+            self._grow_tlb = False
+            self._fills_since_flush = 0
+            self._grow_at *= 2
+            self.engine.flush_tlb()
         if err == ffi.UC.UC_ERR_OK:
-            if not (self._hook_stop or fired or self._pending or self._smc_pending):
+            if not (self._hook_stop or fired or self._pending or self._smc_pending or grew):
                 self._native_hlt()
             return None
         if err == ffi.UC.UC_ERR_EXCEPTION and self._fill_fault is not None:
@@ -375,6 +387,9 @@ class RunControl:
             return
         fn = EMU.PYTHON_NATIVE.get(kind)
         if fn is None:
+            if kind == Kind.INVLPG:
+                self._stlbs.clear()                       # unicorn's INVLPG drops only its own entry
+                self._stlb = self._stlbs.setdefault(self._ctx_key, {})
             return                                        # unicorn executes it
         if kind not in EMU.INLINE_SAFE and not (kind == Kind.WRMSR and EMU.wrmsr_inline_safe(self)):
             self._pending.append(("native", site))
@@ -394,10 +409,12 @@ class RunControl:
         error_code = blob.error_code
         is_int = blob.exception_is_int
         blob.clear_exception_in_flight()
-        blob.store()
         g = self.gprs.read()
+        if is_int or self._stepping or self.subs.exception_bitmap >> intno & 1 and self.client is not None:
+            blob.store()
+            blob = None                           # stored: the paths below reload it
         if intno == EV.DB and not is_int and self._stepping:
-            self._on_step(blob, g)
+            self._on_step(self.blob, g)
             if not self._guest_tf:
                 return
         if self._stepping:
@@ -412,7 +429,7 @@ class RunControl:
             has_code = intno in EV.ERROR_CODE_VECTORS
             ev = EventInfo(intno, EV.INTR_TYPE_HARD_EXCEPTION, error_code if has_code else None)
             start = rip
-        self._exception(ev, start, in_hook=True)
+        self._exception(ev, start, in_hook=True, blob=blob)
 
     def _classify_software(self, vector: int, rip_after: int) -> tuple[EventInfo, int]:
         """INT n (CD ib), INT3 (CC), INTO (CE): type and length from the bytes
@@ -424,7 +441,7 @@ class RunControl:
             return EventInfo(vector, EV.INTR_TYPE_SOFT_EXCEPTION, None, 1), rip_after - 1
         return EventInfo(vector, EV.INTR_TYPE_SOFT_INTR, None, 2), rip_after - 2
 
-    def _exception(self, ev: EventInfo, start: int, in_hook: bool) -> None:
+    def _exception(self, ev: EventInfo, start: int, in_hook: bool, blob=None) -> None:
         """An exception raised by QEMU or by emulation, at instruction `start`
         (software interrupts: RIP is rewound to the INT instruction; delivery
         pushes RIP + length)."""
@@ -439,7 +456,7 @@ class RunControl:
                 self.engine.stop()
             return
         if in_hook:
-            result = self._deliver_inline(ev)
+            result = self._deliver(ev, blob)
             if result is not None:
                 self._pending.append(("result", result))
                 self._hook_stop = True
@@ -577,6 +594,8 @@ class RunControl:
 
     def _run_native(self, kind: Kind, insn, address: int) -> Stop | None:
         fn = EMU.PYTHON_NATIVE.get(kind)
+        if kind == Kind.INVLPG:
+            self.flush_tlb()
         if fn is None and kind in _VMX_UD:
             fn = EMU.undefined
         if fn is None:
@@ -626,9 +645,6 @@ class RunControl:
     def _deliver_event(self, ev: EventInfo) -> Stop | None:
         result = self._deliver(ev)
         return self._result_stop(result) if result is not None else None
-
-    def _deliver_inline(self, ev: EventInfo):
-        return self._deliver(ev)
 
     def _result_stop(self, result) -> Stop | None:
         """Turn what _deliver returned (an Event for the client or a stop) into a Stop."""

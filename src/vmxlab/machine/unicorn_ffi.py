@@ -14,6 +14,7 @@ engine's lifetime and maps memory), but no binding call is made on a hot path.
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Callable, Sequence
 
 from unicorn import Uc, UcError
@@ -46,13 +47,20 @@ PROT_READ, PROT_WRITE, PROT_EXEC = UC.UC_PROT_READ, UC.UC_PROT_WRITE, UC.UC_PROT
 _ctl = uclib.uc_ctl
 _hook_add = uclib.uc_hook_add
 _hook_del = uclib.uc_hook_del
-_emu_start = uclib.uc_emu_start
-_emu_stop = uclib.uc_emu_stop
-_read_batch = uclib.uc_reg_read_batch
-_write_batch = uclib.uc_reg_write_batch
-_reg_write = uclib.uc_reg_write
-_ctx_save = uclib.uc_context_save
-_ctx_restore = uclib.uc_context_restore
+# Hot functions through a second handle of the same library without argtypes:
+# ctypes then skips argument conversion (about half the cost of a call); callers
+# pass ctypes objects only.
+_raw = ctypes.CDLL(uclib._name)
+_emu_start = _raw.uc_emu_start
+_emu_stop = _raw.uc_emu_stop
+_read_batch = _raw.uc_reg_read_batch
+_write_batch = _raw.uc_reg_write_batch
+_reg_write = _raw.uc_reg_write
+_ctx_save = _raw.uc_context_save
+_ctx_restore = _raw.uc_context_restore
+for _f in (_emu_start, _emu_stop, _read_batch, _write_batch, _reg_write, _ctx_save, _ctx_restore):
+    _f.restype = c_int
+_RIP_ID = c_int(X.UC_X86_REG_RIP)
 
 
 def _ctl_code(ctl: int, op: int, nargs: int) -> int:
@@ -81,27 +89,30 @@ class RegBatch:
     write is lost).  When RIP is in the batch, write() also writes it alone.
     """
 
-    __slots__ = ("_h", "ids", "values", "_ptrs", "_n", "_pc", "_pc_ptr")
+    __slots__ = ("_h", "ids", "values", "_ptrs", "_n", "_pc", "_pc_ptr", "_read", "_write", "_write_pc")
 
-    def __init__(self, handle: int, ids: Sequence[int]):
+    def __init__(self, handle, ids: Sequence[int]):
         n = len(ids)
         self._h = handle
-        self._n = n
+        self._n = c_int(n)
         self.ids = (c_int * n)(*ids)
         self.values = (c_uint64 * n)()
         base = ctypes.addressof(self.values)
         self._ptrs = (c_void_p * n)(*[base + 8 * i for i in range(n)])
         self._pc = list(ids).index(X.UC_X86_REG_RIP) if X.UC_X86_REG_RIP in ids else -1
         self._pc_ptr = c_void_p(base + 8 * self._pc) if self._pc >= 0 else None
+        self._read = functools.partial(_read_batch, handle, self.ids, self._ptrs, self._n)
+        self._write = functools.partial(_write_batch, handle, self.ids, self._ptrs, self._n)
+        self._write_pc = functools.partial(_reg_write, handle, _RIP_ID, self._pc_ptr) if self._pc >= 0 else None
 
     def read(self) -> ctypes.Array:
-        _read_batch(self._h, self.ids, self._ptrs, self._n)
+        self._read()
         return self.values
 
     def write(self) -> None:
-        _write_batch(self._h, self.ids, self._ptrs, self._n)
-        if self._pc_ptr is not None:
-            _reg_write(self._h, X.UC_X86_REG_RIP, self._pc_ptr)
+        self._write()
+        if self._write_pc is not None:
+            self._write_pc()
 
 
 class _Msr(ctypes.Structure):
@@ -156,7 +167,8 @@ class Engine:
         self.uc.ctl_set_exits([])
         self._keep: dict[int, object] = {}
         self.error: BaseException | None = None
-        self._one = ctypes.c_uint64(0)
+        self._zero = c_uint64(0)
+        self._stop = functools.partial(_emu_stop, self.handle)
 
     # -- memory ----------------------------------------------------------------------
     def map_host(self, address: int, size: int, host_address: int) -> None:
@@ -176,6 +188,7 @@ class Engine:
                     engine.error = e
                 _emu_stop(engine.handle)
                 return default
+        guarded.__wrapped__ = fn
         return guarded
 
     def add_hook(self, htype: int, cfunc, begin: int = 1, end: int = 0, extra: int | None = None) -> int:
@@ -201,14 +214,15 @@ class Engine:
     def start(self, begin: int, count: int = 0) -> int:
         """uc_emu_start(begin, until ignored, no timeout, count); returns the uc_err code."""
         self.error = None
-        err = _emu_start(self.handle, begin, 0, 0, count)
+        z = self._zero
+        err = _emu_start(self.handle, c_uint64(begin), z, z, ctypes.c_size_t(count))
         if self.error is not None:
             e, self.error = self.error, None
             raise e
         return err
 
     def stop(self) -> None:
-        _emu_stop(self.handle)
+        self._stop()
 
     # -- caches ----------------------------------------------------------------------
     def flush_tlb(self) -> None:
