@@ -304,3 +304,43 @@ def test_more_kinds_stop_precisely(kind, src):
         return
     st = e.m.run(time_budget=2)
     assert st.reason == StopReason.HALTED and e.reg("R11") == 2 and len(seen) == 1
+
+
+def test_self_modifying_code_gets_its_new_intercept_sites():
+    e = H.Env()
+    e.m.client = counting_client(Action.STOP, [])
+    e.m.intercept(Kind.CPUID)
+    # patch: 4 NOPs at `slot` become "cpuid; nop; nop" after the slot ran once
+    a = e.code("""
+        xor r14, r14
+    again:
+        inc r14
+    slot: nop; nop; nop; nop
+        cmp r14, 2
+        je done
+        lea rbx, [slot]
+        mov word ptr [rbx], 0xa20f        # cpuid
+        jmp again
+    done: cli; hlt""")
+    st = e.m.run(time_budget=2)
+    assert st.reason == StopReason.EVENT and st.event.kind == Kind.CPUID
+    assert st.rip == a.labels["slot"] and e.reg("R14") == 2
+
+
+def test_remapped_code_page_is_rescanned():
+    e = H.Env()
+    e.m.client = counting_client(Action.STOP, [])
+    e.m.intercept(Kind.RDMSR)
+    # linear 0x70000 -> physical 0x70000 (ret) first, then -> 0x71000 (rdmsr; ret)
+    e.m.load(0x70000, bytes.fromhex("c3"))
+    e.m.load(0x71000, bytes.fromhex("0f32c3"))
+    a = e.code(f"""
+        mov rbx, 0x70000
+        call rbx
+        mov rax, {H.pte(0x70)}
+        mov qword ptr [rax], 0x71003
+        invlpg [rbx]
+        call rbx
+        cli; hlt""")
+    st = e.m.run(time_budget=2)
+    assert st.reason == StopReason.EVENT and st.event.kind == Kind.RDMSR and st.rip == 0x70000

@@ -149,14 +149,43 @@ def test_unclaimed_port_reads_all_ones():
     assert e.reg("R10") == 0xFFFFFFFF
 
 
-def test_nmi_is_blocked_until_iret():
+def test_nmi_blocking_ends_at_iret():
     e = H.Env()
-    e.handler(2, "inc r14; mov r9, r14; hlt; iretq")
-    e.code("cli; L: nop; jmp L")
+    e.handler(2, "inc r14; mov r9, [rsp]; iretq")
+    a = e.code("cli; nop; second: nop; nop; nop; cli; hlt")
     e.m.raise_nmi()
-    e.m.run(time_budget=0.2)          # NMI delivered although IF = 0; handler halts
-    assert e.reg("R14") == 1
-    assert e.state("GUEST_INTERRUPTIBILITY_INFO") & 8    # blocking by NMI
-    e.m.raise_nmi()                   # wakes HLT? NMI is blocked until IRET: not delivered
-    st = e.m.run(time_budget=0.2)
-    assert e.reg("R14") == 2 or st.reason == StopReason.HALTED
+    e.m.run(instruction_budget=1)          # NMI (not masked by IF) delivered at once, handler entered
+    assert e.state("GUEST_INTERRUPTIBILITY_INFO") & 8      # blocking by NMI until IRET
+    e.m.raise_nmi()                        # blocked now: held pending
+    st = e.m.run(time_budget=2)
+    assert st.reason == StopReason.HALTED
+    assert e.reg("R14") == 2               # the second NMI came after the first IRETQ
+    assert not e.state("GUEST_INTERRUPTIBILITY_INFO") & 8
+
+
+def test_syscall_and_sysret():
+    e = H.Env()
+    a = e.code("""
+        mov ecx, 0xc0000081; xor eax, eax; mov edx, 0x00180008; wrmsr    # STAR
+        mov ecx, 0xc0000082; mov eax, 0x45000; xor edx, edx; wrmsr      # LSTAR
+        mov ecx, 0xc0000084; mov eax, 0x200; xor edx, edx; wrmsr        # FMASK: IF
+        sti
+        syscall
+    back: cli; hlt""")
+    e.code("mov r13, rcx; mov r12, r11; pushfq; pop r10; mov rbx, cs; mov rdx, ss; cli; hlt", 0x45000)
+    e.m.run(time_budget=2)
+    # "SYSCALL": RCX = next RIP, R11 = RFLAGS, RFLAGS &= ~FMASK, CS = STAR[47:32], SS = CS + 8
+    assert e.reg("R13") == a.labels["back"]
+    assert e.reg("R12") & 0x200 and not e.reg("R10") & 0x200
+    assert (e.reg("RBX"), e.reg("RDX")) == (0x08, 0x10)
+    # SYSRET (unicorn's own): CS = STAR[63:48] + 16 | 3, SS = STAR[63:48] + 8 | 3, CPL 3
+    e2 = H.Env()
+    e2.code("""
+        mov ecx, 0xc0000081; xor eax, eax; mov edx, 0x00180008; wrmsr
+        mov rcx, 0x46000
+        mov r11, 0x202
+        .byte 0x48, 0x0f, 0x07""")
+    e2.code("mov r9, 7; spin: jmp spin", 0x46000)
+    e2.m.run(time_budget=0.2)
+    assert e2.reg("R9") == 7 and e2.m.cpl() == 3
+    assert e2.state("GUEST_CS_SELECTOR") == 0x2B and e2.state("GUEST_SS_SELECTOR") == 0x23

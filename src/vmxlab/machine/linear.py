@@ -31,9 +31,11 @@ TLB fill (UC_TLB_VIRTUAL + UC_HOOK_TLB_FILL): unicorn asks for a virtual page
 and an access type; the fill walks the guest's paging for the current CPL
 (CS.RPL in protected mode, 0 in real mode, 3 in virtual-8086 mode), applies the
 second stage, and grants permissions so that: the first write to a page comes
-back (dirty flag; self-modifying-code detection), instruction fetch is granted
-only by fetch fills (each newly fetched page is scanned for intercept sites),
-and QEMU's per-privilege TLBs keep user and supervisor rights apart.  Accesses
+back (dirty flag); instruction fetch is granted only by fetch fills (each newly
+fetched page is scanned for intercept sites) and never together with write, so
+the first fetch after a write to a page comes back and rescans it
+(self-modifying code); QEMU's per-privilege TLBs keep user and supervisor
+rights apart.  Accesses
 to the GDT/LDT/TSS at CPL 3 (descriptor loads) are checked as implicit
 supervisor-mode accesses; an explicit CPL-3 access to those ranges is also
 granted with supervisor rights (a documented simplification: unicorn does not
@@ -342,12 +344,12 @@ class MemoryAccess:
             sites.on_fetch(vpage, hpa, bitness)
             perms = ffi.PROT_EXEC | (ffi.PROT_READ if allowed & READ else 0)
         elif access == WRITE:
+            # never execute permission with write permission: the next instruction
+            # fetch from a page after a write to it comes back here and rescans it
+            # (self-modifying code); unicorn's own SMC detection retranslates the
+            # blocks the write changed, through a fetch fill
             perms = ffi.PROT_READ | ffi.PROT_WRITE
-            if sites.scanned(vpage, hpa) and allowed & FETCH:
-                perms |= ffi.PROT_EXEC
-            if sites.on_write(hpa):
-                self._smc_pending = True
-                self.engine.stop()
+            sites.on_write(hpa)
         else:
             perms = ffi.PROT_READ
             if sites.scanned(vpage, hpa) and allowed & FETCH:

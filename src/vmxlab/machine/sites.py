@@ -16,11 +16,13 @@ machine puts one on every address that may hold such an instruction:
   every later fetch fill (a TLB flush, e.g. MOV CR3, refills);
 - a page remapped to another virtual address is scanned for that address;
   hooks of the old content at that address are removed;
-- self-modifying code: a write fill to a page that has been scanned marks it;
-  the machine stops at the end of the current block, rescans marked pages and
-  flushes the TLB (so that the next write to a code page is seen again);
+- self-modifying code: a write fill never grants execute permission, so the
+  first instruction fetch from a page after it was written fills again and the
+  page is rescanned (unicorn itself invalidates the blocks the write changed,
+  and their retranslation goes through that fetch fill);
 - at every hit the hook compares the instruction bytes with the scanned ones,
-  so a stale hook never emulates the wrong instruction.
+  so a stale hook never emulates the wrong instruction (on a mismatch the
+  machine stops, rescans and continues).
 
 False positives (bytes that decode as, e.g., IN/OUT but are never executed as an
 instruction start) only cost a hook that never fires.  Unicorn checks every
