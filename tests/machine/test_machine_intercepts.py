@@ -344,3 +344,28 @@ def test_remapped_code_page_is_rescanned():
         cli; hlt""")
     st = e.m.run(time_budget=2)
     assert st.reason == StopReason.EVENT and st.event.kind == Kind.RDMSR and st.rip == 0x70000
+
+
+def test_ud_class_instructions_natively():
+    e = H.Env()
+    e.handler(6, "mov r8, [rsp]; cli; hlt")
+    e.handler(13, "pop r9; mov r10, [rsp]; cli; hlt")
+    # MONITOR/MWAIT exist on skylake-client (CPUID.1:ECX.MONITOR): they complete at CPL 0;
+    # RDPMC: no counters are modelled, #GP(0); XSAVES: not reported by CPUID, #UD
+    a = e.code(f"""
+        mov rax, {H.DATA}; xor ecx, ecx; xor edx, edx
+        monitor
+        xor eax, eax; xor ecx, ecx
+        mwait
+        mov r11, 1
+        xor ecx, ecx
+    pmc: rdpmc
+        cli; hlt""")
+    e.m.run(time_budget=2)
+    assert e.reg("R11") == 1 and e.m.monitor_address == H.DATA
+    assert e.reg("R10") == a.labels["pmc"] and e.reg("R9") == 0
+    e2 = H.Env()
+    e2.handler(6, "mov r8, [rsp]; cli; hlt")
+    a2 = e2.code(f"mov rbx, {H.DATA}; xor eax, eax; xor edx, edx; site: xsaves [rbx]; cli; hlt")
+    e2.m.run(time_budget=2)
+    assert e2.reg("R8") == a2.labels["site"]

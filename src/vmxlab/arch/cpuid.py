@@ -12,7 +12,7 @@ EAX, EBX, ECX, EDX = 0, 1, 2, 3
 
 FEATURES: dict[str, tuple[int, int, int, int]] = {
     # leaf 1
-    "SSE3": (1, 0, ECX, 0), "VMX": (1, 0, ECX, 5), "SMX": (1, 0, ECX, 6), "PCID": (1, 0, ECX, 17),
+    "SSE3": (1, 0, ECX, 0), "MONITOR": (1, 0, ECX, 3), "VMX": (1, 0, ECX, 5), "SMX": (1, 0, ECX, 6), "PCID": (1, 0, ECX, 17),
     "X2APIC": (1, 0, ECX, 21), "TSC_DEADLINE": (1, 0, ECX, 24), "XSAVE": (1, 0, ECX, 26),
     "OSXSAVE": (1, 0, ECX, 27), "RDRAND": (1, 0, ECX, 30), "HYPERVISOR": (1, 0, ECX, 31),
     "FPU": (1, 0, EDX, 0), "VME": (1, 0, EDX, 1), "DE": (1, 0, EDX, 2), "PSE": (1, 0, EDX, 3),

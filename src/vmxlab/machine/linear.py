@@ -310,50 +310,51 @@ class MemoryAccess:
         v = self._fillregs.read()
         cr0 = v[0]
         rflags = v[3]
-        ctx = self.paging_context(cr0, v[1], v[2])
-        access = _ACCESS_OF.get(mtype, READ)
-        if not cr0 & AR.CR0_PE:
-            cpl = 0
+        ctx = self._ctx
+        if self._ctx_key is None or self._ctx_key[:3] != (cr0, v[1], v[2]):
+            ctx = self.paging_context(cr0, v[1], v[2])
+        access = _ACCESS_OF[mtype]
+        if not cr0 & 1:                                   # CR0.PE = 0: real mode, CPL 0
+            user = False
         elif rflags & AR.RFLAGS_VM:
-            cpl = 3
+            user = True
         else:
-            cpl = v[4] & 3
-        user = cpl == 3
+            user = v[4] & 3 == 3
         implicit = False
-        lma = self._efer & M.EFER_LMA
-        if lma and not AR.canonical(vaddr, self.linear_bits):
+        bits = 57 if ctx.mode == PG.Mode.LEVEL5 else 48
+        top = vaddr >> (bits - 1)
+        if top and top != (1 << (65 - bits)) - 1 and self._efer & M.EFER_LMA:
             self._fill_fault = FillFault(_NonCanonical(vaddr), vaddr, access)
             return False
         if user and self._in_system_table(vaddr):
             user, implicit = False, True
-        try:
-            _gpa, hpa, allowed = self._lookup(vaddr, access, user, implicit,
-                                              bool(not user and ctx.smap and rflags & AR.RFLAGS_AC), ctx)
-        except (PageFault, SecondStageRefusal, NonexistentMemory) as e:
-            self._fill_fault = FillFault(e, vaddr, access)
-            return False
+        ac = (not user) and ctx.smap and bool(rflags & AR.RFLAGS_AC)
+        hit = self._stlb.get((vaddr >> 12, access, user, implicit, ac))
+        if hit is None:
+            try:
+                hit = self._lookup(vaddr, access, user, implicit, ac, ctx)
+            except (PageFault, SecondStageRefusal, NonexistentMemory) as e:
+                self._fill_fault = FillFault(e, vaddr, access)
+                return False
+        _gpa, hpa, allowed = hit
         self._fills_since_flush += 1
         if self._fills_since_flush > self._grow_at:
             self._grow_tlb = True                   # see RunControl: QEMU sizes its TLB when flushed
             self.engine.stop()
-        vpage = vaddr & ~0xFFF
-        sites = self.sites
-        if access == FETCH:
-            hf = self.blob.load().hflags
-            bitness = 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16)
-            sites.on_fetch(vpage, hpa, bitness)
-            perms = ffi.PROT_EXEC | (ffi.PROT_READ if allowed & READ else 0)
+        if access == READ:
+            perms = ffi.PROT_READ
+            if allowed & FETCH and self.sites.vpages.get(vaddr) == hpa:
+                perms |= ffi.PROT_EXEC
         elif access == WRITE:
             # never execute permission with write permission: the next instruction
             # fetch from a page after a write to it comes back here and rescans it
             # (self-modifying code); unicorn's own SMC detection retranslates the
             # blocks the write changed, through a fetch fill
             perms = ffi.PROT_READ | ffi.PROT_WRITE
-            sites.on_write(hpa)
         else:
-            perms = ffi.PROT_READ
-            if sites.scanned(vpage, hpa) and allowed & FETCH:
-                perms |= ffi.PROT_EXEC
+            hf = self.blob.load().hflags
+            self.sites.on_fetch(vaddr, hpa, 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16))
+            perms = ffi.PROT_EXEC | (ffi.PROT_READ if allowed & READ else 0)
         e = entry[0]
         e.paddr = hpa
         e.perms = perms

@@ -83,7 +83,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self.tsc = VirtualTsc(tsc_hz)
         self.cpuid = CpuidModel(self.profile, tsc_hz)
         self.msrs = MsrFile(self.profile, self.tsc, self.engine)
-        self.linear_bits = 57 if self.profile_has("LA57") else 48
+
         # platform
         self.io = IoBus()
         self.console = DebugConsole()
@@ -128,7 +128,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._stlbs: dict = {}                    # software TLB per translation context (linear.py)
         self._stlb: dict = {}
         self._fills_since_flush = 0
-        self._grow_at = 2048
+        self._grow_at = 1024
         self._grow_tlb = False
         self._efer = 0
         self.pdptes: tuple[int, int, int, int] | None = None
@@ -232,6 +232,13 @@ class Machine(StateAccess, MemoryAccess, RunControl):
     def load(self, address: int, data: bytes) -> None:
         """Copy bytes into host-physical memory (a loader)."""
         self.write_host(address, data)
+
+    @property
+    def linear_bits(self) -> int:
+        """Linear-address width of the current paging mode: 57 with 5-level paging, else 48
+        ("Canonical Addressing")."""
+        c = self.ctrl.read()
+        return 57 if c[REG.CR4] & AR.CR4_LA57 and self._efer & M.EFER_LMA else 48
 
     # -- features ---------------------------------------------------------------------------------
     def profile_has(self, feature: str) -> bool:
