@@ -25,7 +25,7 @@ def _ctl(id, section, fields, fn, **kw):
 
 # ---- reserved bits against the capability MSRs (Appendix A.3-A.5, A.11) ---------------
 def _allowed_rules(prefix: str, section: str, field: str, attr: str, gate_fields: tuple[str, ...],
-                   value_of, appendix: str) -> None:
+                   value_of, appendix: str, active=None) -> None:
     must_attr, may_attr, msr_attr = f"{attr}_must1", f"{attr}_may1", f"{attr}_msr"
 
     def allowed0(v, k, e):
@@ -45,8 +45,12 @@ def _allowed_rules(prefix: str, section: str, field: str, attr: str, gate_fields
         return None
 
     # Fast versions: the same test on the hot path, the wording above only on failure.
-    def fast0(v, k, e, _slow=allowed0):
-        return _slow(v, k, e) if getattr(k, must_attr) & ~value_of(v, e) else None
+    if active is None:
+        def fast0(v, k, e, _slow=allowed0):
+            return _slow(v, k, e) if getattr(k, must_attr) & ~value_of(v, e) else None
+    else:
+        def fast0(v, k, e, _slow=allowed0):
+            return _slow(v, k, e) if active(e) and getattr(k, must_attr) & ~value_of(v, e) else None
 
     def fast1(v, k, e, _slow=allowed1):
         return _slow(v, k, e) if value_of(v, e) & ~getattr(k, may_attr) else None
@@ -61,7 +65,8 @@ _X, _X2, _N, _VF = _ENC[EXIT], _ENC[EXIT2], _ENC[ENTRY], _ENC[VMFUNC]
 
 _allowed_rules("ctrl.pin", S_EXEC, PIN, "pin", (), lambda v, e: v[_P], "Appendix A.3.1")
 _allowed_rules("ctrl.primary", S_EXEC, CPU, "cpu", (), lambda v, e: v[_C], "Appendix A.3.2")
-_allowed_rules("ctrl.secondary", S_EXEC, SEC, "sec", (CPU,), lambda v, e: e.sec, "Appendix A.3.3")
+_allowed_rules("ctrl.secondary", S_EXEC, SEC, "sec", (CPU,), lambda v, e: e.sec, "Appendix A.3.3",
+               active=lambda e: e.cpu & C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS)
 
 
 def _tertiary(v, k, e):
