@@ -8,7 +8,7 @@ CPL > 0, VMX non-root operation) and "the current VMCS is a shadow VMCS"
 """
 from __future__ import annotations
 
-from .registry import BASIC, S_BASIC, add
+from .registry import BASIC, S_BASIC, Unknown, add
 
 
 def _mov_ss(v, k, e):
@@ -20,12 +20,16 @@ def _mov_ss(v, k, e):
 
 
 def _launch_state(v, k, e):
+    if e.launch_state is None:
+        raise Unknown("the launch state")
     if e.instruction == "vmlaunch" and e.launch_state != "clear":
         return ("(launch state)", None, f"VMLAUNCH needs a VMCS whose launch state is clear; it is {e.launch_state}")
     return None
 
 
 def _resume_state(v, k, e):
+    if e.launch_state is None:
+        raise Unknown("the launch state")
     if e.instruction == "vmresume" and e.launch_state != "launched":
         return ("(launch state)", None, f"VMRESUME needs a VMCS whose launch state is launched; it is {e.launch_state}")
     return None

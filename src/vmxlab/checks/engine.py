@@ -154,7 +154,8 @@ def check(vmcs: Vmcs | None, profile: Profile, memory: Memory | None = None,
     k = facts(profile)
     if vmcs.default is None:
         v = KnownValues(vmcs.values)
-        e = PartialEntry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
+        # A dump_vmcs text does not say the launch state: the launch-state rules go unchecked.
+        e = PartialEntry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, None)
     else:
         v = Values(vmcs.values)
         e = Entry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
