@@ -23,6 +23,13 @@ def _ctl(id, section, fields, fn, **kw):
     add(id, section, CONTROLS, fields, fn, **kw)
 
 
+def _on(attr: str, bit: int):
+    """Guard: the control bit is 1 in the effective control value `attr` of Entry."""
+    def guard(v, e):
+        return getattr(e, attr) & bit
+    return guard
+
+
 # ---- reserved bits against the capability MSRs (Appendix A.3-A.5, A.11) ---------------
 def _allowed_rules(prefix: str, section: str, field: str, attr: str, gate_fields: tuple[str, ...],
                    value_of, appendix: str, active=None) -> None:
@@ -76,7 +83,7 @@ def _tertiary(v, k, e):
     return None
 
 
-_ctl("ctrl.tertiary.reserved", S_EXEC, (TER, CPU), _tertiary)
+_ctl("ctrl.tertiary.reserved", S_EXEC, (TER, CPU), _tertiary, guard=lambda v, e: e.ter)
 
 _CR3_COUNT = F.CR3_TARGET_COUNT
 
@@ -95,7 +102,7 @@ _ctl("ctrl.cr3_target_count", S_EXEC, ("CR3_TARGET_COUNT",), _cr3_count,
 
 # ---- physical addresses of structures the VMCS references -------------------------------
 def address_rules(prefix: str, section: str, klass: str, field: str, gate_fields: tuple[str, ...],
-                  active, what: str, align_bits: int = 12, aligned_text: str | None = None) -> None:
+                  active, what: str, align_bits: int = 12, aligned_text: str | None = None, guard=None) -> None:
     """Two rules for an address used when `active(v, e)`: bits align_bits-1:0 are 0,
     and no bit is set beyond the physical-address width."""
     enc = F.by_name(field).encoding
@@ -113,18 +120,21 @@ def address_rules(prefix: str, section: str, klass: str, field: str, gate_fields
                     f"({k.addr_width} bits: bits 63:{k.addr_width} must be 0)")
         return None
 
-    add(f"{prefix}.aligned", section, klass, (field, *gate_fields), aligned, field=field)
-    add(f"{prefix}.width", section, klass, (field, *gate_fields), width, field=field)
+    add(f"{prefix}.aligned", section, klass, (field, *gate_fields), aligned, field=field, guard=guard)
+    add(f"{prefix}.width", section, klass, (field, *gate_fields), width, field=field, guard=guard)
 
 
 _IO = C.CPU_BASED_USE_IO_BITMAPS
-address_rules("ctrl.io_bitmap_a", S_EXEC, CONTROLS, "IO_BITMAP_A", (CPU,), lambda v, e: e.cpu & _IO, "I/O-bitmap A address")
-address_rules("ctrl.io_bitmap_b", S_EXEC, CONTROLS, "IO_BITMAP_B", (CPU,), lambda v, e: e.cpu & _IO, "I/O-bitmap B address")
+_io_on = _on("cpu", _IO)
+address_rules("ctrl.io_bitmap_a", S_EXEC, CONTROLS, "IO_BITMAP_A", (CPU,), _io_on, "I/O-bitmap A address", guard=_io_on)
+address_rules("ctrl.io_bitmap_b", S_EXEC, CONTROLS, "IO_BITMAP_B", (CPU,), _io_on, "I/O-bitmap B address", guard=_io_on)
 _MSRB = C.CPU_BASED_USE_MSR_BITMAPS
-address_rules("ctrl.msr_bitmap", S_EXEC, CONTROLS, "MSR_BITMAP", (CPU,), lambda v, e: e.cpu & _MSRB, "MSR-bitmap address")
+_msrb_on = _on("cpu", _MSRB)
+address_rules("ctrl.msr_bitmap", S_EXEC, CONTROLS, "MSR_BITMAP", (CPU,), _msrb_on, "MSR-bitmap address", guard=_msrb_on)
 _TPR = C.CPU_BASED_TPR_SHADOW
-address_rules("ctrl.virtual_apic", S_EXEC, CONTROLS, "VIRTUAL_APIC_PAGE_ADDR", (CPU,), lambda v, e: e.cpu & _TPR,
-              "virtual-APIC address")
+_tpr_on = _on("cpu", _TPR)
+address_rules("ctrl.virtual_apic", S_EXEC, CONTROLS, "VIRTUAL_APIC_PAGE_ADDR", (CPU,), _tpr_on,
+              "virtual-APIC address", guard=_tpr_on)
 
 _VID, _VAPIC = C.SECONDARY_EXEC_VIRTUAL_INTR_DELIVERY, C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES
 _TPR_THRESHOLD, _VAPIC_ADDR = F.TPR_THRESHOLD, F.VIRTUAL_APIC_PAGE_ADDR
@@ -136,7 +146,7 @@ def _tpr_threshold(v, k, e):
     return None
 
 
-_ctl("ctrl.tpr_threshold.reserved", S_EXEC, ("TPR_THRESHOLD", CPU, SEC), _tpr_threshold)
+_ctl("ctrl.tpr_threshold.reserved", S_EXEC, ("TPR_THRESHOLD", CPU, SEC), _tpr_threshold, guard=_tpr_on)
 
 
 def _tpr_vtpr(v, k, e):
@@ -149,7 +159,8 @@ def _tpr_vtpr(v, k, e):
     return None
 
 
-_ctl("ctrl.tpr_threshold.vtpr", S_EXEC, ("TPR_THRESHOLD", "VIRTUAL_APIC_PAGE_ADDR", CPU, SEC), _tpr_vtpr, memory=True)
+_ctl("ctrl.tpr_threshold.vtpr", S_EXEC, ("TPR_THRESHOLD", "VIRTUAL_APIC_PAGE_ADDR", CPU, SEC), _tpr_vtpr, memory=True,
+     guard=_tpr_on)
 
 _NMI_EXIT, _VNMI, _NMI_WINDOW = C.PIN_BASED_NMI_EXITING, C.PIN_BASED_VIRTUAL_NMIS, C.CPU_BASED_NMI_WINDOW_EXITING
 
@@ -169,8 +180,9 @@ def _nmi_window(v, k, e):
 _ctl("ctrl.pin.virtual_nmis", S_EXEC, (PIN,), _vnmi)
 _ctl("ctrl.primary.nmi_window", S_EXEC, (CPU, PIN), _nmi_window)
 
-address_rules("ctrl.apic_access", S_EXEC, CONTROLS, "APIC_ACCESS_ADDR", (CPU, SEC), lambda v, e: e.sec & _VAPIC,
-              "APIC-access address")
+_vapic_on = _on("sec", _VAPIC)
+address_rules("ctrl.apic_access", S_EXEC, CONTROLS, "APIC_ACCESS_ADDR", (CPU, SEC), _vapic_on,
+              "APIC-access address", guard=_vapic_on)
 
 _X2APIC, _APICREG = C.SECONDARY_EXEC_VIRTUALIZE_X2APIC_MODE, C.SECONDARY_EXEC_APIC_REGISTER_VIRT
 
@@ -226,11 +238,12 @@ def _pi_vector(v, k, e):
     return None
 
 
-_ctl("ctrl.posted_intr.vid", S_EXEC, (PIN, SEC, CPU), _pi_vid, field=SEC)
-_ctl("ctrl.posted_intr.ack_intr_on_exit", S_EXEC, (PIN, EXIT), _pi_ack, field=EXIT)
-_ctl("ctrl.posted_intr.vector", S_EXEC, ("POSTED_INTR_NV", PIN), _pi_vector)
-address_rules("ctrl.posted_intr_desc", S_EXEC, CONTROLS, "POSTED_INTR_DESC_ADDR", (PIN,), lambda v, e: e.pin & _PI,
-              "posted-interrupt descriptor address", align_bits=6)
+_pi_on = _on("pin", _PI)
+_ctl("ctrl.posted_intr.vid", S_EXEC, (PIN, SEC, CPU), _pi_vid, field=SEC, guard=_pi_on)
+_ctl("ctrl.posted_intr.ack_intr_on_exit", S_EXEC, (PIN, EXIT), _pi_ack, field=EXIT, guard=_pi_on)
+_ctl("ctrl.posted_intr.vector", S_EXEC, ("POSTED_INTR_NV", PIN), _pi_vector, guard=_pi_on)
+address_rules("ctrl.posted_intr_desc", S_EXEC, CONTROLS, "POSTED_INTR_DESC_ADDR", (PIN,), _pi_on,
+              "posted-interrupt descriptor address", align_bits=6, guard=_pi_on)
 
 _VPID_ON, _VPID = C.SECONDARY_EXEC_ENABLE_VPID, F.VIRTUAL_PROCESSOR_ID
 
@@ -288,13 +301,14 @@ def _eptp_reserved(v, k, e):
 
 
 _EPTP_FIELDS = ("EPT_POINTER", SEC, CPU)
-_ctl("ctrl.eptp.memory_type", S_EXEC, _EPTP_FIELDS, _eptp_type)
-_ctl("ctrl.eptp.walk_length", S_EXEC, _EPTP_FIELDS, _eptp_walk)
-_ctl("ctrl.eptp.accessed_dirty", S_EXEC, _EPTP_FIELDS, _eptp_ad)
-_ctl("ctrl.eptp.supervisor_shadow_stack", S_EXEC, _EPTP_FIELDS, _eptp_sss,
+_ept_on = _on("sec", _EPT)
+_ctl("ctrl.eptp.memory_type", S_EXEC, _EPTP_FIELDS, _eptp_type, guard=_ept_on)
+_ctl("ctrl.eptp.walk_length", S_EXEC, _EPTP_FIELDS, _eptp_walk, guard=_ept_on)
+_ctl("ctrl.eptp.accessed_dirty", S_EXEC, _EPTP_FIELDS, _eptp_ad, guard=_ept_on)
+_ctl("ctrl.eptp.supervisor_shadow_stack", S_EXEC, _EPTP_FIELDS, _eptp_sss, guard=_ept_on,
      note="Earlier SDM revisions count bit 7 among the reserved bits 11:7; with IA32_VMX_EPT_VPID_CAP bit 23 = 0 "
           "both readings require it to be 0.")
-_ctl("ctrl.eptp.reserved", S_EXEC, _EPTP_FIELDS, _eptp_reserved)
+_ctl("ctrl.eptp.reserved", S_EXEC, _EPTP_FIELDS, _eptp_reserved, guard=_ept_on)
 
 
 # ---- controls that need EPT, and their addresses ----------------------------------------
@@ -307,19 +321,29 @@ def _needs_ept(bit: int, what: str, field_name: str = SEC, value_attr: str = "se
 
 
 _PML = C.SECONDARY_EXEC_ENABLE_PML
-_ctl("ctrl.pml.needs_ept", S_EXEC, (SEC, CPU), _needs_ept(_PML, "enable PML"), field=SEC)
-address_rules("ctrl.pml", S_EXEC, CONTROLS, "PML_ADDRESS", (SEC, CPU), lambda v, e: e.sec & _PML, "PML address")
+_pml_on = _on("sec", _PML)
+_ctl("ctrl.pml.needs_ept", S_EXEC, (SEC, CPU), _needs_ept(_PML, "enable PML"), field=SEC, guard=_pml_on)
+address_rules("ctrl.pml", S_EXEC, CONTROLS, "PML_ADDRESS", (SEC, CPU), _pml_on, "PML address", guard=_pml_on)
 _ctl("ctrl.unrestricted_guest.needs_ept", S_EXEC, (SEC, CPU),
      _needs_ept(C.SECONDARY_EXEC_UNRESTRICTED_GUEST, "unrestricted guest"), field=SEC)
 _ctl("ctrl.mode_based_ept.needs_ept", S_EXEC, (SEC, CPU),
      _needs_ept(C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC, "mode-based execute control for EPT"), field=SEC)
 _SPP = C.SECONDARY_EXEC_ENABLE_SPP
-_ctl("ctrl.spp.needs_ept", S_EXEC, (SEC, CPU), _needs_ept(_SPP, "sub-page write permissions for EPT"), field=SEC)
-address_rules("ctrl.spptp", S_EXEC, CONTROLS, "SPP_TABLE_POINTER", (SEC, CPU), lambda v, e: e.sec & _SPP,
-              "sub-page-permission-table pointer (SPPTP)")
+_spp_on = _on("sec", _SPP)
+_ctl("ctrl.spp.needs_ept", S_EXEC, (SEC, CPU), _needs_ept(_SPP, "sub-page write permissions for EPT"), field=SEC,
+     guard=_spp_on)
+address_rules("ctrl.spptp", S_EXEC, CONTROLS, "SPP_TABLE_POINTER", (SEC, CPU), _spp_on,
+              "sub-page-permission-table pointer (SPPTP)", guard=_spp_on)
 
 _HLAT = C.TERTIARY_EXEC_ENABLE_HLAT
-_ctl("ctrl.hlat.needs_ept", S_EXEC, (TER, SEC, CPU), _needs_ept(_HLAT, "enable HLAT", value_attr="ter"), field=SEC)
+
+
+def _ter_on(v, e):
+    return e.ter
+
+
+_ctl("ctrl.hlat.needs_ept", S_EXEC, (TER, SEC, CPU), _needs_ept(_HLAT, "enable HLAT", value_attr="ter"), field=SEC,
+     guard=_ter_on)
 _HLATP = F.HLAT_POINTER
 
 
@@ -331,13 +355,15 @@ def _hlatp_reserved(v, k, e):
     return None
 
 
-_ctl("ctrl.hlatp.reserved", S_EXEC, ("HLAT_POINTER", TER, CPU), _hlatp_reserved,
+_ctl("ctrl.hlatp.reserved", S_EXEC, ("HLAT_POINTER", TER, CPU), _hlatp_reserved, guard=_ter_on,
      note="Written from the SDM's description of the HLATP format (bits 3 and 4 are PWT and PCD); "
           "no profile shipped supports HLAT.")
 _ctl("ctrl.ept_paging_write.needs_ept", S_EXEC, (TER, SEC, CPU),
-     _needs_ept(C.TERTIARY_EXEC_EPT_PAGING_WRITE, "EPT paging-write control", value_attr="ter"), field=SEC)
+     _needs_ept(C.TERTIARY_EXEC_EPT_PAGING_WRITE, "EPT paging-write control", value_attr="ter"), field=SEC,
+     guard=_ter_on)
 _ctl("ctrl.guest_paging_verify.needs_ept", S_EXEC, (TER, SEC, CPU),
-     _needs_ept(C.TERTIARY_EXEC_GUEST_PAGING_VERIFY, "guest-paging verification", value_attr="ter"), field=SEC)
+     _needs_ept(C.TERTIARY_EXEC_GUEST_PAGING_VERIFY, "guest-paging verification", value_attr="ter"), field=SEC,
+     guard=_ter_on)
 
 # ---- VM functions ------------------------------------------------------------------------
 _VMFUNC_ON, _EPTP_SWITCH = C.SECONDARY_EXEC_ENABLE_VMFUNC, C.VMX_VMFUNC_EPTP_SWITCHING
@@ -357,19 +383,22 @@ def _eptp_switching(v, k, e):
     return None
 
 
-_ctl("ctrl.vmfunc.reserved", S_EXEC, (VMFUNC, SEC, CPU), _vmfunc_reserved)
-_ctl("ctrl.vmfunc.eptp_switching_needs_ept", S_EXEC, (VMFUNC, SEC, CPU), _eptp_switching, field=SEC)
+_vmfunc_on = _on("sec", _VMFUNC_ON)
+_ctl("ctrl.vmfunc.reserved", S_EXEC, (VMFUNC, SEC, CPU), _vmfunc_reserved, guard=_vmfunc_on)
+_ctl("ctrl.vmfunc.eptp_switching_needs_ept", S_EXEC, (VMFUNC, SEC, CPU), _eptp_switching, field=SEC, guard=_vmfunc_on)
 address_rules("ctrl.eptp_list", S_EXEC, CONTROLS, "EPTP_LIST_ADDRESS", (VMFUNC, SEC, CPU),
-              lambda v, e: e.sec & _VMFUNC_ON and v[_VF] & _EPTP_SWITCH, "EPTP-list address")
+              lambda v, e: e.sec & _VMFUNC_ON and v[_VF] & _EPTP_SWITCH, "EPTP-list address", guard=_vmfunc_on)
 
 _SHADOW = C.SECONDARY_EXEC_SHADOW_VMCS
-address_rules("ctrl.vmread_bitmap", S_EXEC, CONTROLS, "VMREAD_BITMAP", (SEC, CPU), lambda v, e: e.sec & _SHADOW,
-              "VMREAD-bitmap address")
-address_rules("ctrl.vmwrite_bitmap", S_EXEC, CONTROLS, "VMWRITE_BITMAP", (SEC, CPU), lambda v, e: e.sec & _SHADOW,
-              "VMWRITE-bitmap address")
+_shadow_on = _on("sec", _SHADOW)
+address_rules("ctrl.vmread_bitmap", S_EXEC, CONTROLS, "VMREAD_BITMAP", (SEC, CPU), _shadow_on,
+              "VMREAD-bitmap address", guard=_shadow_on)
+address_rules("ctrl.vmwrite_bitmap", S_EXEC, CONTROLS, "VMWRITE_BITMAP", (SEC, CPU), _shadow_on,
+              "VMWRITE-bitmap address", guard=_shadow_on)
 _VE = C.SECONDARY_EXEC_EPT_VIOLATION_VE
-address_rules("ctrl.ve_info", S_EXEC, CONTROLS, "VE_INFORMATION_ADDRESS", (SEC, CPU), lambda v, e: e.sec & _VE,
-              "virtualization-exception information address")
+_ve_on = _on("sec", _VE)
+address_rules("ctrl.ve_info", S_EXEC, CONTROLS, "VE_INFORMATION_ADDRESS", (SEC, CPU), _ve_on,
+              "virtualization-exception information address", guard=_ve_on)
 
 _PT_GPA = C.SECONDARY_EXEC_PT_USE_GPA
 _LOAD_RTIT, _CLEAR_RTIT = C.VM_ENTRY_LOAD_IA32_RTIT_CTL, C.VM_EXIT_CLEAR_IA32_RTIT_CTL
@@ -439,9 +468,12 @@ def msr_area_rules(prefix: str, section: str, addr_field: str, count_field: str,
                         f"bits beyond the physical-address width ({k.addr_width} bits)")
         return None
 
-    _ctl(f"{prefix}.aligned", section, (addr_field, count_field), aligned)
-    _ctl(f"{prefix}.width", section, (addr_field, count_field), width)
-    _ctl(f"{prefix}.last_byte", section, (addr_field, count_field), last)
+    def guard(v, e):
+        return v[n]
+
+    _ctl(f"{prefix}.aligned", section, (addr_field, count_field), aligned, guard=guard)
+    _ctl(f"{prefix}.width", section, (addr_field, count_field), width, guard=guard)
+    _ctl(f"{prefix}.last_byte", section, (addr_field, count_field), last, guard=guard)
 
 
 msr_area_rules("ctrl.exit_msr_store", S_EXIT, "VM_EXIT_MSR_STORE_ADDR", "VM_EXIT_MSR_STORE_COUNT", "VM-exit MSR-store")
@@ -522,17 +554,21 @@ def _ev_length(v, k, e):
     return None
 
 
-_ctl("ctrl.event.type", S_ENTRY, (INFO,), _ev_type)
-_ctl("ctrl.event.vector", S_ENTRY, (INFO,), _ev_vector)
-_ctl("ctrl.event.deliver_error_code", S_ENTRY, (INFO, "GUEST_CR0"), _ev_errcode_bit,
+def _ev_valid(v, e):
+    return v[_INFO] & _VALID
+
+
+_ctl("ctrl.event.type", S_ENTRY, (INFO,), _ev_type, guard=_ev_valid)
+_ctl("ctrl.event.vector", S_ENTRY, (INFO,), _ev_vector, guard=_ev_valid)
+_ctl("ctrl.event.deliver_error_code", S_ENTRY, (INFO, "GUEST_CR0"), _ev_errcode_bit, guard=_ev_valid,
      note="Follows the SDM text with IA32_VMX_BASIC[56]: the bit must be 0 unless the type is hardware exception "
           "and the guest CR0 field has PE = 1; KVM's nested checks treat 'unrestricted guest = 0' like PE = 1. "
           "#CP (21) is counted among the error-code exceptions on processors with CET.")
-_ctl("ctrl.event.reserved", S_ENTRY, (INFO,), _ev_reserved)
-_ctl("ctrl.event.error_code", S_ENTRY, (INFO, "VM_ENTRY_EXCEPTION_ERROR_CODE"), _ev_errcode_value,
+_ctl("ctrl.event.reserved", S_ENTRY, (INFO,), _ev_reserved, guard=_ev_valid)
+_ctl("ctrl.event.error_code", S_ENTRY, (INFO, "VM_ENTRY_EXCEPTION_ERROR_CODE"), _ev_errcode_value, guard=_ev_valid,
      field="VM_ENTRY_EXCEPTION_ERROR_CODE",
      note="Bits 31:16 as in current SDM revisions (earlier ones said 31:15; bit 15 is the #PF SGX bit).")
-_ctl("ctrl.event.instruction_length", S_ENTRY, (INFO, "VM_ENTRY_INSTRUCTION_LEN"), _ev_length,
+_ctl("ctrl.event.instruction_length", S_ENTRY, (INFO, "VM_ENTRY_INSTRUCTION_LEN"), _ev_length, guard=_ev_valid,
      field="VM_ENTRY_INSTRUCTION_LEN")
 
 msr_area_rules("ctrl.entry_msr_load", S_ENTRY, "VM_ENTRY_MSR_LOAD_ADDR", "VM_ENTRY_MSR_LOAD_COUNT", "VM-entry MSR-load")

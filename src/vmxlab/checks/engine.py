@@ -161,16 +161,23 @@ def check(vmcs: Vmcs | None, profile: Profile, memory: Memory | None = None,
         e = Entry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
     violations: list[Violation] = []
     not_checked: list[NotChecked] = []
-    for r in _ORDERED:
-        try:
-            out = r.fn(v, k, e)
-        except Unknown as u:
-            not_checked.append(NotChecked(r, u.what))
-            continue
-        if out is not None:
-            violations.append(_violation(r, out, v))
-            if not all:
-                return Result.from_violations(profile.name, instruction, violations, not_checked)
+    for guard, block in _PLAN:
+        if guard is not None:
+            try:
+                if not guard(v, e):
+                    continue
+            except Unknown:
+                pass                 # evaluate the rules one by one: each says what it lacks
+        for fn, r in block:
+            try:
+                out = fn(v, k, e)
+            except Unknown as u:
+                not_checked.append(NotChecked(r, u.what))
+                continue
+            if out is not None:
+                violations.append(_violation(r, out, v))
+                if not all:
+                    return Result.from_violations(profile.name, instruction, violations, not_checked)
     _msr_load(v, k, e, all, violations, not_checked)
     return Result.from_violations(profile.name, instruction, violations, not_checked)
 
@@ -196,6 +203,10 @@ def _msr_load(v, k, e, all: bool, violations: list, not_checked: list) -> None:
 
 _ORDERED: list[REG.Rule] = []
 _MSR_RULES: list[REG.Rule] = []
+# The execution plan: runs of consecutive rules that share a guard (a cheap test
+# that, when false, means every rule of the run passes), so that the engine tests
+# the guard once instead of calling each rule.  Order is the rules' order.
+_PLAN: list[tuple] = []
 
 
 def finalize() -> None:
@@ -205,3 +216,10 @@ def finalize() -> None:
     REG.RULES[:] = [r for _, r in ranked]
     _ORDERED[:] = [r for r in REG.RULES if r.klass != REG.MSR_LOAD]
     _MSR_RULES[:] = [r for r in REG.RULES if r.klass == REG.MSR_LOAD]
+    plan: list[tuple] = []
+    for r in _ORDERED:
+        if plan and plan[-1][0] is r.guard:
+            plan[-1][1].append((r.fn, r))
+        else:
+            plan.append((r.guard, [(r.fn, r)]))
+    _PLAN[:] = [(g, tuple(block)) for g, block in plan]

@@ -53,9 +53,13 @@ def _memory(v, k, e):
     return None
 
 
+def _pae_paging(v, e):
+    return v[_CR0] & _PG and v[_CR4] & _PAE and not e.ia32e
+
+
 _COMMON = ("GUEST_CR0", "GUEST_CR4", "VM_ENTRY_CONTROLS", "SECONDARY_VM_EXEC_CONTROL", "CPU_BASED_VM_EXEC_CONTROL")
 add("guest.pdpte.memory", S_GUEST_PDPTE, GUEST, ("GUEST_CR3", *_COMMON), _memory, qualification=QUAL_PDPTE,
-    memory=True, field="GUEST_CR3")
+    memory=True, field="GUEST_CR3", guard=_pae_paging)
 add("guest.pdpte.fields", S_GUEST_PDPTE, GUEST,
     ("GUEST_PDPTR0", "GUEST_PDPTR1", "GUEST_PDPTR2", "GUEST_PDPTR3", *_COMMON), _fields,
-    qualification=QUAL_PDPTE, field="GUEST_PDPTR0")
+    qualification=QUAL_PDPTE, field="GUEST_PDPTR0", guard=_pae_paging)

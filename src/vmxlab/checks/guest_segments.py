@@ -23,6 +23,11 @@ def _g(id, fields, fn, **kw):
     add(id, S_GUEST_SEG, GUEST, fields, fn, **kw)
 
 
+def _v86(v, e):
+    """Guard of the virtual-8086 rules."""
+    return v[_RFLAGS] & _VM
+
+
 def _names(seg: str) -> dict[str, str]:
     return {p: f"GUEST_{seg}_{p}" for p in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES")}
 
@@ -73,7 +78,7 @@ def _base_v86(seg: str):
         if v[_RFLAGS] & _VM and v[base] != v[sel] << 4:
             return f"in virtual-8086 mode the base must be the selector times 16 ({v[sel] << 4:#x})"
         return None
-    _g(f"guest.{seg.lower()}.base_v86", (f"GUEST_{seg}_BASE", f"GUEST_{seg}_SELECTOR", RFLAGS), fn)
+    _g(f"guest.{seg.lower()}.base_v86", (f"GUEST_{seg}_BASE", f"GUEST_{seg}_SELECTOR", RFLAGS), fn, guard=_v86)
 
 
 for _s in SEGS6:
@@ -124,7 +129,7 @@ def _limit_v86(seg: str):
         if v[_RFLAGS] & _VM and v[limit] != 0xFFFF:
             return "in virtual-8086 mode the limit must be 0000FFFFH"
         return None
-    _g(f"guest.{seg.lower()}.limit_v86", (f"GUEST_{seg}_LIMIT", RFLAGS), fn)
+    _g(f"guest.{seg.lower()}.limit_v86", (f"GUEST_{seg}_LIMIT", RFLAGS), fn, guard=_v86)
 
 
 for _s in SEGS6:
@@ -139,7 +144,7 @@ def _ar_v86(seg: str):
         if v[_RFLAGS] & _VM and v[ar] != 0xF3:
             return "in virtual-8086 mode the access rights must be 000000F3H"
         return None
-    _g(f"guest.{seg.lower()}.ar_v86", (f"GUEST_{seg}_AR_BYTES", RFLAGS), fn)
+    _g(f"guest.{seg.lower()}.ar_v86", (f"GUEST_{seg}_AR_BYTES", RFLAGS), fn, guard=_v86)
 
 
 for _s in SEGS6:
@@ -195,9 +200,9 @@ def _common_ar_rules(seg: str, when) -> None:
             "g": (g_bit, (ar_name, limit_name)), "rsvd_hi": (rsvd_hi, (ar_name,))}
 
 
-def _reg(seg: str, name: str, entry: tuple, extra: tuple[str, ...] = ()) -> None:
+def _reg(seg: str, name: str, entry: tuple, extra: tuple[str, ...] = (), guard=None) -> None:
     fn, fields = entry
-    _g(f"guest.{seg.lower()}.ar_{name}", (*fields, *extra), fn, field=f"GUEST_{seg}_AR_BYTES")
+    _g(f"guest.{seg.lower()}.ar_{name}", (*fields, *extra), fn, field=f"GUEST_{seg}_AR_BYTES", guard=guard)
 
 
 # CS (not virtual-8086)
@@ -314,13 +319,17 @@ def _data_rules(seg: str) -> None:
 
     c = _common_ar_rules(seg, _usable_not_v86)
     arn = f"GUEST_{seg}_AR_BYTES"
-    _g(f"guest.{seg.lower()}.ar_type", (arn, RFLAGS), type_)
-    _reg(seg, "s", c["s"], _RF)
-    _g(f"guest.{seg.lower()}.ar_dpl", (arn, f"GUEST_{seg}_SELECTOR", RFLAGS, SEC, CPU), dpl)
-    _reg(seg, "p", c["p"], _RF)
-    _reg(seg, "reserved_11_8", c["rsvd_lo"], _RF)
-    _reg(seg, "g", c["g"], _RF)
-    _reg(seg, "reserved_31_17", c["rsvd_hi"], _RF)
+
+    def guard(v, e):
+        return _usable_not_v86(v, v[ar])
+
+    _g(f"guest.{seg.lower()}.ar_type", (arn, RFLAGS), type_, guard=guard)
+    _reg(seg, "s", c["s"], _RF, guard)
+    _g(f"guest.{seg.lower()}.ar_dpl", (arn, f"GUEST_{seg}_SELECTOR", RFLAGS, SEC, CPU), dpl, guard=guard)
+    _reg(seg, "p", c["p"], _RF, guard)
+    _reg(seg, "reserved_11_8", c["rsvd_lo"], _RF, guard)
+    _reg(seg, "g", c["g"], _RF, guard)
+    _reg(seg, "reserved_31_17", c["rsvd_hi"], _RF, guard)
 
 
 for _s in ("DS", "ES", "FS", "GS"):
@@ -374,9 +383,15 @@ def _ldtr_type(v, k, e):
 
 
 _ldtr = _common_ar_rules("LDTR", _usable)
-_g("guest.ldtr.ar_type", ("GUEST_LDTR_AR_BYTES",), _ldtr_type)
-_reg("LDTR", "s", _ldtr["s"])
-_reg("LDTR", "p", _ldtr["p"])
-_reg("LDTR", "reserved_11_8", _ldtr["rsvd_lo"])
-_reg("LDTR", "g", _ldtr["g"])
-_reg("LDTR", "reserved_31_17", _ldtr["rsvd_hi"])
+
+
+def _ldtr_usable(v, e):
+    return not v[_LDTR_AR] & _UNUSABLE
+
+
+_g("guest.ldtr.ar_type", ("GUEST_LDTR_AR_BYTES",), _ldtr_type, guard=_ldtr_usable)
+_reg("LDTR", "s", _ldtr["s"], guard=_ldtr_usable)
+_reg("LDTR", "p", _ldtr["p"], guard=_ldtr_usable)
+_reg("LDTR", "reserved_11_8", _ldtr["rsvd_lo"], guard=_ldtr_usable)
+_reg("LDTR", "g", _ldtr["g"], guard=_ldtr_usable)
+_reg("LDTR", "reserved_31_17", _ldtr["rsvd_hi"], guard=_ldtr_usable)

@@ -344,7 +344,11 @@ def _link_current(v, k, e):
     return None
 
 
-_q4 = {"qualification": QUAL_LINK_POINTER}
+def _link_used(v, e):
+    return v[_LINK] != _ALL1
+
+
+_q4 = {"qualification": QUAL_LINK_POINTER, "guard": _link_used}
 _g("guest.link_pointer.aligned", S_GUEST_NONREG, (LINK,), _link_aligned, **_q4)
 _g("guest.link_pointer.width", S_GUEST_NONREG, (LINK,), _link_width, **_q4)
 _g("guest.link_pointer.revision", S_GUEST_NONREG, (LINK,), _link_revision, memory=True, **_q4)

@@ -73,6 +73,7 @@ class Rule:
     qualification: int = 0         # exit qualification (guest class)
     memory: bool = False           # reads physical memory
     note: str = ""                 # where the rule departs from a reference implementation, or why
+    guard: Callable | None = None  # guard(v, e) false => the rule passes (lets the engine skip a run of rules)
 
     @property
     def outcome(self) -> str:
@@ -99,7 +100,7 @@ def _encodings(names: tuple[str, ...]) -> None:
 
 def add(id: str, section: str, klass: str, fields: tuple[str, ...], fn: Callable, *,
         field: str | None = None, error: int | None = None, qualification: int = 0,
-        memory: bool = False, note: str = "") -> Rule:
+        memory: bool = False, note: str = "", guard: Callable | None = None) -> Rule:
     """Register a rule (in SDM order: call order is catalogue order)."""
     if id in _IDS:
         raise AssertionError(f"duplicate rule id {id}")
@@ -107,7 +108,7 @@ def add(id: str, section: str, klass: str, fields: tuple[str, ...], fn: Callable
     if error is None:
         error = _ERRORS.get(klass)
     r = Rule(id, section, klass, fn, tuple(fields), field or (fields[0] if fields else ""),
-             error, qualification, memory, note)
+             error, qualification, memory, note, guard)
     RULES.append(r)
     _IDS.add(id)
     return r
