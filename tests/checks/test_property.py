@@ -47,7 +47,7 @@ def test_guards_never_hide_a_violation(values, profile, seed):
     """The engine skips a run of rules when their shared guard is false; evaluating
     every rule one by one must give the same violations."""
     from vmxlab.checks import RULES
-    from vmxlab.checks.engine import Entry, Values
+    from vmxlab.checks.engine import Entry, all_values
     from vmxlab.checks.facts import facts
     from vmxlab.checks.registry import MSR_LOAD, Unknown
     p = caps.load(profile)
@@ -55,7 +55,7 @@ def test_guards_never_hide_a_violation(values, profile, seed):
     base.update(values)
     vmcs = Vmcs(base)
     mem = _memory(seed)
-    v = Values(vmcs.values)
+    v = all_values(vmcs.values)
     e = Entry(v, "vmlaunch", True, False, mem, 0x1000, "clear")
     k = facts(p)
     naive = []

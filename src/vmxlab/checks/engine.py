@@ -32,12 +32,15 @@ _EXIT_ACT2 = C.VM_EXIT_ACTIVATE_SECONDARY_CONTROLS
 _IA32E, _UG = C.VM_ENTRY_IA32E_MODE, C.SECONDARY_EXEC_UNRESTRICTED_GUEST
 
 
-class Values(dict):
-    """Field values of a VMCS that knows every field: absent fields read as 0."""
-    __slots__ = ()
+_ZEROS = {f.encoding: 0 for f in F.FIELDS}
 
-    def __missing__(self, key: int) -> int:
-        return 0
+
+def all_values(values: dict[int, int]) -> dict[int, int]:
+    """Field values of a VMCS that knows every field, absent fields as 0, in a plain
+    dict holding every encoding (a plain dict: CPython's fast path for d[key])."""
+    v = _ZEROS.copy()
+    v.update(values)
+    return v
 
 
 class KnownValues(dict):
@@ -157,17 +160,23 @@ def check(vmcs: Vmcs | None, profile: Profile, memory: Memory | None = None,
         # A dump_vmcs text does not say the launch state: the launch-state rules go unchecked.
         e = PartialEntry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, None)
     else:
-        v = Values(vmcs.values)
+        v = all_values(vmcs.values)
         e = Entry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
     violations: list[Violation] = []
     not_checked: list[NotChecked] = []
-    for guard, block in _PLAN:
+    for guard, run, n, block in _PLAN:
         if guard is not None:
             try:
                 if not guard(v, e):
                     continue
             except Unknown:
                 pass                 # evaluate the rules one by one: each says what it lacks
+        try:
+            if run(v, k, e).count(None) == n:
+                continue             # every rule of the run passes
+        except Unknown:
+            pass
+        # Some rule of the run fails or lacks a value: evaluate them one by one, in order.
         for fn, r in block:
             try:
                 out = fn(v, k, e)
@@ -222,4 +231,16 @@ def finalize() -> None:
             plan[-1][1].append((r.fn, r))
         else:
             plan.append((r.guard, [(r.fn, r)]))
-    _PLAN[:] = [(g, tuple(block)) for g, block in plan]
+    _PLAN[:] = [(g, _runner([fn for fn, _ in block]), len(block), tuple(block)) for g, block in plan]
+
+
+def _runner(fns: list) -> Callable:
+    """One function that calls every rule of a run and returns their results as a
+    tuple: the common case (every rule passes) costs one call and one
+    tuple.count instead of a Python loop over the rules."""
+    names = [f"f{i}" for i in range(len(fns))]
+    src = f"def run(v, k, e, {', '.join(f'{n}={n}' for n in names)}):\n" \
+          f"    return ({', '.join(f'{n}(v, k, e)' for n in names)},)\n"
+    scope = dict(zip(names, fns))
+    exec(compile(src, "<vmxlab.checks plan>", "exec"), scope)
+    return scope["run"]

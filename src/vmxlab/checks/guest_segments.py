@@ -151,48 +151,57 @@ for _s in SEGS6:
     _ar_v86(_s)
 
 
-def _common_ar_rules(seg: str, when) -> None:
-    """S, P, reserved 11:8, G, reserved 31:17 of a segment when `when(v, ar)`."""
+ALWAYS, USABLE, NOT_V86, USABLE_NOT_V86 = 0, 1, 2, 3
+
+
+def _common_ar_rules(seg: str, when: int) -> dict:
+    """S, P, reserved 11:8, G, reserved 31:17 of a segment, checked when `when`
+    holds: ALWAYS, USABLE (bit 16 clear), NOT_V86 (RFLAGS.VM clear) or both.
+    (The condition is written into each rule rather than called: these rules run
+    on every VM entry.)"""
     _, _, limit, ar = ENC[seg]
-    lo = seg.lower()
     ar_name, limit_name = f"GUEST_{seg}_AR_BYTES", f"GUEST_{seg}_LIMIT"
     system = seg in ("TR", "LDTR")
+    skip_unusable = when & USABLE
+    skip_v86 = when & NOT_V86
 
     def s_bit(v, k, e):
         a = v[ar]
-        if when(v, a) and bool(a & 0x10) == system:
+        if (skip_unusable and a & _UNUSABLE) or (skip_v86 and v[_RFLAGS] & _VM):
+            return None
+        if bool(a & 0x10) == system:
             return f"S (bit 4) must be {0 if system else 1} ({describe_ar(a)})"
         return None
 
     def p_bit(v, k, e):
         a = v[ar]
-        if when(v, a) and not a & 0x80:
-            return "P (bit 7) must be 1 (present)"
-        return None
+        if (skip_unusable and a & _UNUSABLE) or (skip_v86 and v[_RFLAGS] & _VM):
+            return None
+        return None if a & 0x80 else "P (bit 7) must be 1 (present)"
 
     def rsvd_lo(v, k, e):
         a = v[ar]
-        if when(v, a) and a & 0xF00:
-            return "reserved bits 11:8 must be 0"
-        return None
+        if (skip_unusable and a & _UNUSABLE) or (skip_v86 and v[_RFLAGS] & _VM):
+            return None
+        return "reserved bits 11:8 must be 0" if a & 0xF00 else None
 
     def g_bit(v, k, e):
         a = v[ar]
-        if when(v, a):
-            lim = v[limit]
-            if a & 0x8000:
-                if lim & 0xFFF != 0xFFF:
-                    return ("GUEST_" + seg + "_AR_BYTES", a,
-                            f"G (bit 15) must be 0: limit {lim:#x} has a 0 in bits 11:0")
-            elif lim >> 20:
-                return ("GUEST_" + seg + "_AR_BYTES", a, f"G (bit 15) must be 1: limit {lim:#x} has a 1 in bits 31:20")
+        if (skip_unusable and a & _UNUSABLE) or (skip_v86 and v[_RFLAGS] & _VM):
+            return None
+        lim = v[limit]
+        if a & 0x8000:
+            if lim & 0xFFF != 0xFFF:
+                return f"G (bit 15) must be 0: limit {lim:#x} has a 0 in bits 11:0"
+        elif lim >> 20:
+            return f"G (bit 15) must be 1: limit {lim:#x} has a 1 in bits 31:20"
         return None
 
     def rsvd_hi(v, k, e):
         a = v[ar]
-        if when(v, a) and a & 0xFFFE0000:
-            return "reserved bits 31:17 must be 0"
-        return None
+        if (skip_unusable and a & _UNUSABLE) or (skip_v86 and v[_RFLAGS] & _VM):
+            return None
+        return "reserved bits 31:17 must be 0" if a & 0xFFFE0000 else None
 
     # The SDM lists S, DPL, P, reserved 11:8, (D/B,) G, reserved 31:17 per register;
     # type and DPL rules are registered by the caller around these.
@@ -208,10 +217,6 @@ def _reg(seg: str, name: str, entry: tuple, extra: tuple[str, ...] = (), guard=N
 # CS (not virtual-8086)
 _CS_AR = _CS[3]
 _SS_AR = _SS[3]
-
-
-def _not_v86(v, a):
-    return not v[_RFLAGS] & _VM
 
 
 def _cs_type(v, k, e):
@@ -245,7 +250,7 @@ def _cs_db(v, k, e):
     return None
 
 
-_cs = _common_ar_rules("CS", _not_v86)
+_cs = _common_ar_rules("CS", NOT_V86)
 _RF = (RFLAGS,)
 _g("guest.cs.ar_type", ("GUEST_CS_AR_BYTES", RFLAGS, SEC, CPU), _cs_type)
 _reg("CS", "s", _cs["s"], _RF)
@@ -286,7 +291,7 @@ def _ss_dpl_zero(v, k, e):
     return None
 
 
-_ss = _common_ar_rules("SS", _usable_not_v86)
+_ss = _common_ar_rules("SS", USABLE_NOT_V86)
 _g("guest.ss.ar_type", ("GUEST_SS_AR_BYTES", RFLAGS), _ss_type)
 _reg("SS", "s", _ss["s"], _RF)
 _g("guest.ss.ar_dpl_rpl", ("GUEST_SS_AR_BYTES", "GUEST_SS_SELECTOR", RFLAGS, SEC, CPU), _ss_dpl_rpl)
@@ -317,7 +322,7 @@ def _data_rules(seg: str) -> None:
             return f"DPL ({a >> 5 & 3}) cannot be less than the selector's RPL ({v[sel] & 3}) (unrestricted guest 0, type 0-11)"
         return None
 
-    c = _common_ar_rules(seg, _usable_not_v86)
+    c = _common_ar_rules(seg, USABLE_NOT_V86)
     arn = f"GUEST_{seg}_AR_BYTES"
 
     def guard(v, e):
@@ -354,11 +359,7 @@ def _tr_unusable(v, k, e):
     return "TR cannot be unusable (bit 16 must be 0)" if v[_TR_AR] & _UNUSABLE else None
 
 
-def _always(v, a):
-    return True
-
-
-_tr = _common_ar_rules("TR", _always)
+_tr = _common_ar_rules("TR", ALWAYS)
 _g("guest.tr.ar_type", ("GUEST_TR_AR_BYTES", ENTRY), _tr_type)
 _reg("TR", "s", _tr["s"])
 _reg("TR", "p", _tr["p"])
@@ -371,10 +372,6 @@ _reg("TR", "reserved_31_17", _tr["rsvd_hi"])
 _LDTR_AR = _LDTR[3]
 
 
-def _usable(v, a):
-    return not a & _UNUSABLE
-
-
 def _ldtr_type(v, k, e):
     a = v[_LDTR_AR]
     if not a & _UNUSABLE and a & 0xF != 2:
@@ -382,7 +379,7 @@ def _ldtr_type(v, k, e):
     return None
 
 
-_ldtr = _common_ar_rules("LDTR", _usable)
+_ldtr = _common_ar_rules("LDTR", USABLE)
 
 
 def _ldtr_usable(v, e):
