@@ -215,6 +215,11 @@ case("ctrl.event.deliver_error_code", "7", {"VM_ENTRY_INTR_INFO_FIELD": vm_entry
      {"VM_ENTRY_INTR_INFO_FIELD": vm_entry_info(13, 3, code=True)})
 CASES.append(Case("ctrl.event.deliver_error_code", "7", {"VM_ENTRY_INTR_INFO_FIELD": vm_entry_info(6, 3, code=True)},
                   {"VM_ENTRY_INTR_INFO_FIELD": vm_entry_info(6, 3)}))
+# unrestricted guest 0: protected mode for this check even if the CR0 field has PE = 0 (the CR0 check fails later)
+CASES.append(Case("ctrl.event.deliver_error_code", "7", {"VM_ENTRY_INTR_INFO_FIELD": vm_entry_info(13, 3),
+                                                         "GUEST_CR0": lambda x: x & ~1},
+                  {"VM_ENTRY_INTR_INFO_FIELD": vm_entry_info(13, 3, code=True), "GUEST_CR0": lambda x: x & ~1},
+                  ok_full=False))
 # real mode under unrestricted guest: no error code may be delivered
 CASES.append(Case("ctrl.event.deliver_error_code", "7", {"VM_ENTRY_INTR_INFO_FIELD": vm_entry_info(13, 3, code=True)},
                   {"VM_ENTRY_INTR_INFO_FIELD": vm_entry_info(13, 3)}, mode="unrestricted-real"))
@@ -253,6 +258,8 @@ for _r in ("esp", "eip"):
 _HCET = {"VM_EXIT_CONTROLS": orr(C.VM_EXIT_LOAD_CET_STATE)}
 case("host.s_cet.canonical", "8", {**_HCET, "HOST_S_CET": NONCANON}, {**_HCET, "HOST_S_CET": 0xFFFF800000000000}, p=MAX)
 case("host.intr_ssp_table.canonical", "8", {**_HCET, "HOST_INTR_SSP_TABLE": NONCANON}, _HCET, p=MAX)
+case("host.s_cet.reserved", "8", {**_HCET, "HOST_S_CET": 1 << 6}, {**_HCET, "HOST_S_CET": 0x3F | 0xC00}, p=MAX)
+case("host.ssp.aligned", "8", {**_HCET, "HOST_SSP": 0x1002}, {**_HCET, "HOST_SSP": 0x1004}, p=MAX)
 _HPERF = {"VM_EXIT_CONTROLS": orr(C.VM_EXIT_LOAD_IA32_PERF_GLOBAL_CTRL)}
 case("host.perf_global_ctrl.reserved", "8", {**_HPERF, "HOST_IA32_PERF_GLOBAL_CTRL": 1 << 10},
      {**_HPERF, "HOST_IA32_PERF_GLOBAL_CTRL": 0x70000000F})
@@ -314,6 +321,7 @@ for _r in ("ESP", "EIP"):
 _GCET = {"VM_ENTRY_CONTROLS": orr(C.VM_ENTRY_LOAD_CET_STATE)}
 case("guest.s_cet.canonical", "33/0", {**_GCET, "GUEST_S_CET": NONCANON}, {"GUEST_S_CET": NONCANON}, p=MAX)
 case("guest.intr_ssp_table.canonical", "33/0", {**_GCET, "GUEST_INTR_SSP_TABLE": NONCANON}, _GCET, p=MAX)
+case("guest.s_cet.reserved", "33/0", {**_GCET, "GUEST_S_CET": 1 << 9}, {"GUEST_S_CET": 1 << 9}, p=MAX)
 _GPERF = {"VM_ENTRY_CONTROLS": orr(C.VM_ENTRY_LOAD_IA32_PERF_GLOBAL_CTRL)}
 case("guest.perf_global_ctrl.reserved", "33/0", {**_GPERF, "GUEST_IA32_PERF_GLOBAL_CTRL": 1 << 35},
      {**_GPERF, "GUEST_IA32_PERF_GLOBAL_CTRL": 0x700000001})

@@ -12,6 +12,25 @@ _CLASS_TITLES = {
 }
 
 
+# Checks of the SDM chapter that vmxlab does not implement, and why (also in the report).
+NOT_IMPLEMENTED = [
+    ("Basic VM-Entry Checks", "the current VMCS is a shadow VMCS (VMfailInvalid)",
+     "a VMCS document carries no shadow-VMCS indicator"),
+    ("Basic VM-Entry Checks", "#UD / #GP / VM exit before the checks (not in VMX operation, CPL > 0, "
+     "VMX non-root operation)", "these are not VM-entry outcomes; the simulated processor (vmx/) raises them"),
+    ("VM-Execution Control Fields", "Intel PT enabled at VM entry (IA32_RTIT_CTL.TraceEn = 1) requires "
+     "'load IA32_RTIT_CTL' = 0", "processor state that check() is not given"),
+    ("VM-Execution Control Fields", "IPI virtualization (PID-pointer table, last PID-pointer index), PASID "
+     "translation (PASID directory addresses), HLAT prefix size", "the SDM text of these checks was not available "
+     "to write them from; no profile shipped supports these controls"),
+    ("VM-Exit / VM-Entry / host / guest state", "FRED (load/save FRED controls, FRED MSR fields, CR4.FRED, "
+     "injected-event data, nested-exception bit of event injection)", "as above; no profile shipped supports FRED"),
+    ("VM-Entry Control Fields, Checks on Guest Non-Register State", "VM entries from SMM (dual-monitor "
+     "treatment: executive-VMCS pointer, MSEG)", "vmxlab models a processor outside SMM; the rules for that case "
+     "are implemented (entry to SMM and deactivate dual-monitor must be 0, SMI blocking must be 0)"),
+]
+
+
 def lines() -> list[str]:
     width = max(len(r.id) for r in REG.RULES)
     swidth = max(len(r.section) for r in REG.RULES)
@@ -36,6 +55,7 @@ def markdown() -> str:
         "reported as not checked.",
         "",
     ]
+    out += ["\"No current VMCS\" (VMfailInvalid) is not a rule: `check(None, ...)` returns it before any rule runs.", ""]
     for klass in REG.CLASS_ORDER:
         rules = [r for r in REG.RULES if r.klass == klass]
         out += [f"## {_CLASS_TITLES[klass]}", "", f"{len(rules)} rules.", "",
@@ -45,6 +65,9 @@ def markdown() -> str:
             note = r.note.replace("|", "\\|")
             out.append(f"| `{r.id}` | {r.section} | {r.outcome} | {reads or '-'} | {note} |")
         out.append("")
+    out += ["## Not implemented", "", "| SDM section | check | why |", "| --- | --- | --- |"]
+    out += [f"| {sec} | {what} | {why} |" for sec, what, why in NOT_IMPLEMENTED]
+    out.append("")
     return "\n".join(out)
 
 

@@ -516,11 +516,13 @@ def _ev_errcode_bit(v, k, e):
     info = v[_INFO]
     if info & _VALID:
         t, vec, deliver = info >> 8 & 7, info & 0xFF, info >> 11 & 1
-        pe = v[_CR0] & 1
-        if deliver and (t != 3 or not pe):
-            why = "the interruption type is not hardware exception" if t != 3 else "CR0.PE is 0 in the guest CR0 field"
+        # protected mode: "unrestricted guest" is 0 or the guest CR0 field has PE = 1
+        prot = not e.ug or v[_CR0] & 1
+        if deliver and (t != 3 or not prot):
+            why = ("the interruption type is not hardware exception" if t != 3 else
+                   "the guest will be in real mode (unrestricted guest 1, CR0.PE 0)")
             return f"deliver-error-code (bit 11) must be 0: {why}"
-        if t == 3 and pe and not k.no_hw_errcode_check:
+        if t == 3 and prot and not k.no_hw_errcode_check:
             should = vec in k.errcode_vectors
             if deliver != should:
                 return (f"deliver-error-code (bit 11) must be {int(should)} for a hardware exception with vector {vec} "
@@ -560,10 +562,10 @@ def _ev_valid(v, e):
 
 _ctl("ctrl.event.type", S_ENTRY, (INFO,), _ev_type, guard=_ev_valid)
 _ctl("ctrl.event.vector", S_ENTRY, (INFO,), _ev_vector, guard=_ev_valid)
-_ctl("ctrl.event.deliver_error_code", S_ENTRY, (INFO, "GUEST_CR0"), _ev_errcode_bit, guard=_ev_valid,
-     note="Follows the SDM text with IA32_VMX_BASIC[56]: the bit must be 0 unless the type is hardware exception "
-          "and the guest CR0 field has PE = 1; KVM's nested checks treat 'unrestricted guest = 0' like PE = 1. "
-          "#CP (21) is counted among the error-code exceptions on processors with CET.")
+_ctl("ctrl.event.deliver_error_code", S_ENTRY, (INFO, "GUEST_CR0", SEC, CPU), _ev_errcode_bit, guard=_ev_valid,
+     note="Deliver-error-code is 1 exactly for a hardware exception that pushes an error code (#DF #TS #NP #SS #GP "
+          "#PF #AC; #CP on processors with CET) when the guest is in protected mode (unrestricted guest 0 or CR0.PE "
+          "1); with IA32_VMX_BASIC[56] = 1 it may be 0 or 1 for such an exception in protected mode.")
 _ctl("ctrl.event.reserved", S_ENTRY, (INFO,), _ev_reserved, guard=_ev_valid)
 _ctl("ctrl.event.error_code", S_ENTRY, (INFO, "VM_ENTRY_EXCEPTION_ERROR_CODE"), _ev_errcode_value, guard=_ev_valid,
      field="VM_ENTRY_EXCEPTION_ERROR_CODE",

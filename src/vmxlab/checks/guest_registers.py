@@ -106,6 +106,17 @@ _LOAD_CET = C.VM_ENTRY_LOAD_CET_STATE
 canonical_rule("guest.s_cet.canonical", S_GUEST_CR, GUEST, "GUEST_S_CET", (ENTRY,), lambda v, e: e.entry & _LOAD_CET)
 canonical_rule("guest.intr_ssp_table.canonical", S_GUEST_CR, GUEST, "GUEST_INTR_SSP_TABLE", (ENTRY,),
                lambda v, e: e.entry & _LOAD_CET)
+_S_CET = F.GUEST_S_CET
+
+
+def _s_cet_reserved(v, k, e):
+    if e.entry & _LOAD_CET and v[_S_CET] & k.s_cet_reserved:
+        return f"reserved bits of IA32_S_CET must be 0 (set: {v[_S_CET] & k.s_cet_reserved:#x})"
+    return None
+
+
+_g("guest.s_cet.reserved", ("GUEST_S_CET", ENTRY), _s_cet_reserved,
+   note="No shipped profile supports CET; written as KVM's nested checks do it (reserved bits 9:6).")
 
 _PERF, _PAT, _EFER = F.GUEST_IA32_PERF_GLOBAL_CTRL, F.GUEST_IA32_PAT, F.GUEST_IA32_EFER
 _BND, _RTIT, _LBR, _PKRS, _UINV = (F.GUEST_BNDCFGS, F.GUEST_IA32_RTIT_CTL, F.GUEST_IA32_LBR_CTL,

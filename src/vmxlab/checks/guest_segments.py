@@ -9,14 +9,15 @@ checks are those for a processor that supports Intel 64 architecture.
 from __future__ import annotations
 
 from ..arch import fields as F
-from ..arch.segments import describe_ar
+from ..arch.registers import RFLAGS_VM
+from ..arch.segments import AR_UNUSABLE, describe_ar
 from .registry import GUEST, S_GUEST_SEG, add
 
 RFLAGS, ENTRY, SEC, CPU, CR0 = ("GUEST_RFLAGS", "VM_ENTRY_CONTROLS", "SECONDARY_VM_EXEC_CONTROL",
                                 "CPU_BASED_VM_EXEC_CONTROL", "GUEST_CR0")
 _RFLAGS, _CR0 = F.GUEST_RFLAGS, F.GUEST_CR0
-_VM = 1 << 17
-_UNUSABLE = 1 << 16
+_VM = RFLAGS_VM
+_UNUSABLE = AR_UNUSABLE
 
 
 def _g(id, fields, fn, **kw):

@@ -96,6 +96,25 @@ _LOAD_CET = C.VM_EXIT_LOAD_CET_STATE
 canonical_rule("host.s_cet.canonical", S_HOST_CR, HOST, "HOST_S_CET", (EXIT,), lambda v, e: e.exit & _LOAD_CET)
 canonical_rule("host.intr_ssp_table.canonical", S_HOST_CR, HOST, "HOST_INTR_SSP_TABLE", (EXIT,),
                lambda v, e: e.exit & _LOAD_CET)
+_S_CET, _HSSP = F.HOST_S_CET, F.HOST_SSP
+
+
+def _s_cet_reserved(v, k, e):
+    if e.exit & _LOAD_CET and v[_S_CET] & k.s_cet_reserved:
+        return f"reserved bits of IA32_S_CET must be 0 (set: {v[_S_CET] & k.s_cet_reserved:#x})"
+    return None
+
+
+def _ssp_aligned(v, k, e):
+    if e.exit & _LOAD_CET and v[_HSSP] & 3:
+        return "bits 1:0 of the SSP field must be 0"
+    return None
+
+
+_CET_NOTE = ("No shipped profile supports CET; the SDM's CET checks are written as recalled and as KVM's nested "
+             "checks do them (reserved bits 9:6 of IA32_S_CET, SSP 4-byte aligned).")
+_host("host.s_cet.reserved", S_HOST_CR, ("HOST_S_CET", EXIT), _s_cet_reserved, note=_CET_NOTE)
+_host("host.ssp.aligned", S_HOST_CR, ("HOST_SSP", EXIT), _ssp_aligned, note=_CET_NOTE)
 
 _PERF, _PAT, _EFER, _PKRS = (F.HOST_IA32_PERF_GLOBAL_CTRL, F.HOST_IA32_PAT, F.HOST_IA32_EFER, F.HOST_IA32_PKRS)
 
