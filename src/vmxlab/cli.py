@@ -68,14 +68,15 @@ def _decode_field(args) -> int:
 def _decode_exit(args) -> int:
     from .arch import exits as X
     value = _int(args.what)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise BadInput(f"exit reason {value:#x} is wider than 32 bits")
     r = X.lookup(value)
+    if r is None:
+        raise BadInput(f"exit reason {value & 0xFFFF} is not in the SDM's table of basic exit reasons")
     flags = [name for name, v in X.EXIT_REASON.decode(value).items() if name != "basic" and v]
-    name = r.name if r else "unknown"
-    print(f"{value & 0xFFFF} {name}: {r.sdm if r else 'not an exit reason in the SDM tables'}")
+    print(f"{r.number} {r.name}: {r.sdm}")
     if flags:
         print(f"  flags: {', '.join(flags)}")
-    if r is None:
-        return 2
     return 0
 
 

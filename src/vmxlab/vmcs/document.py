@@ -2,6 +2,7 @@
 for, its launch state and the physical memory the checks read."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from .store import Vmcs
@@ -30,4 +31,9 @@ def load(text: str, name: str = "-") -> VmcsDocument:
     stripped = text.lstrip()
     if stripped.startswith("{"):
         return jsonfmt.loads(text, name)
+    if stripped.startswith("["):   # a JSON array, or a kernel log line "[ 12.345] ..."
+        try:
+            return jsonfmt.from_dict(json.loads(text), name)
+        except json.JSONDecodeError:
+            pass
     return dumpfmt.loads(text, name)
