@@ -3,7 +3,7 @@
 import pytest
 
 from vmxlab.arch import controls as C
-from conftest import run
+from checks_support import run
 
 SKL = "skylake-client"      # MAXPHYADDR 39, 4-level EPT only, CR3-target count 4
 ICL = "icelake-server"      # MAXPHYADDR 46, 4- and 5-level EPT

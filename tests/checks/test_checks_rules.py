@@ -14,7 +14,7 @@ import pytest
 
 from vmxlab.arch import controls as C
 from vmxlab.checks import RULES
-from conftest import run
+from checks_support import run
 
 SKL, ICL, PEN, MAX, MIN = "skylake-client", "icelake-server", "penryn", "synthetic-max", "synthetic-min"
 NONCANON = 1 << 60                   # not canonical for 48- or 57-bit linear addresses
@@ -589,7 +589,7 @@ def test_msr_reserved_rules():
     MSR model gives; the shipped model knows none for these MSRs, so the test
     gives the profile's facts a mask (the bits the SDM marks reserved)."""
     from vmxlab.checks.facts import facts
-    from conftest import profile
+    from checks_support import profile
     k = facts(profile(MAX))
     saved = k.rtit_ctl_reserved, k.lbr_ctl_reserved
     k.rtit_ctl_reserved = 1 << 18 | 1 << 23 | 0xF << 28        # IA32_RTIT_CTL reserved bits (subset)

@@ -6,7 +6,7 @@ from vmxlab import caps
 from vmxlab.arch import controls as C
 from vmxlab.checks import RULES, check
 from vmxlab.checks.template import build
-from conftest import run
+from checks_support import run
 
 SKL = "skylake-client"
 

@@ -1,8 +1,7 @@
-"""Shared helpers for the checks tests: test profiles and a VMCS-variant runner."""
+"""Shared helpers for the checks tests: test profiles and a VMCS-variant runner.
+(Imported by the test modules; pytest puts this folder on sys.path.)"""
 import json
 from importlib import resources
-
-import pytest
 
 from vmxlab import caps
 from vmxlab.caps.profile import from_dict
@@ -83,8 +82,3 @@ def run(name: str, mode: str = "long", mods: dict | None = None, memory: dict | 
                 return data[addr - base:addr - base + size]
         return None
     return check(vmcs, p, read, **kw)
-
-
-@pytest.fixture
-def runner():
-    return run
