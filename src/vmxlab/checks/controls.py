@@ -32,7 +32,7 @@ def _on(attr: str, bit: int):
 
 # ---- reserved bits against the capability MSRs (Appendix A.3-A.5, A.11) ---------------
 def _allowed_rules(prefix: str, section: str, field: str, attr: str, gate_fields: tuple[str, ...],
-                   value_of, appendix: str, active=None) -> None:
+                   value_of, appendix: str) -> None:
     must_attr, may_attr, msr_attr = f"{attr}_must1", f"{attr}_may1", f"{attr}_msr"
 
     def allowed0(v, k, e):
@@ -51,19 +51,58 @@ def _allowed_rules(prefix: str, section: str, field: str, attr: str, gate_fields
                     f"{getattr(k, msr_attr)}: {may1:#x}; {appendix})")
         return None
 
-    # Fast versions: the same test on the hot path, the wording above only on failure.
-    if active is None:
-        def fast0(v, k, e, _slow=allowed0):
-            return _slow(v, k, e) if getattr(k, must_attr) & ~value_of(v, e) else None
-    else:
-        def fast0(v, k, e, _slow=allowed0):
-            return _slow(v, k, e) if active(e) and getattr(k, must_attr) & ~value_of(v, e) else None
+    _ctl(f"{prefix}.allowed0", section, (field, *gate_fields), _FAST0.get(field, allowed0), field=field)
+    _ctl(f"{prefix}.allowed1", section, (field, *gate_fields), _FAST1.get(field, allowed1), field=field)
+    _SLOW[prefix] = (allowed0, allowed1)
 
-    def fast1(v, k, e, _slow=allowed1):
-        return _slow(v, k, e) if value_of(v, e) & ~getattr(k, may_attr) else None
 
-    _ctl(f"{prefix}.allowed0", section, (field, *gate_fields), fast0, field=field)
-    _ctl(f"{prefix}.allowed1", section, (field, *gate_fields), fast1, field=field)
+# Hot-path versions of the reserved-bit rules: the test alone, the wording (above)
+# only when it fails.  One pair per control field, values read directly.
+_SLOW: dict[str, tuple] = {}
+
+
+def _pin0(v, k, e):
+    return _SLOW["ctrl.pin"][0](v, k, e) if k.pin_must1 & ~v[_P] else None
+
+
+def _pin1(v, k, e):
+    return _SLOW["ctrl.pin"][1](v, k, e) if v[_P] & ~k.pin_may1 else None
+
+
+def _cpu0(v, k, e):
+    return _SLOW["ctrl.primary"][0](v, k, e) if k.cpu_must1 & ~v[_C] else None
+
+
+def _cpu1(v, k, e):
+    return _SLOW["ctrl.primary"][1](v, k, e) if v[_C] & ~k.cpu_may1 else None
+
+
+def _sec0(v, k, e):
+    return _SLOW["ctrl.secondary"][0](v, k, e) if e.cpu & _ACT2 and k.sec_must1 & ~e.sec else None
+
+
+def _sec1(v, k, e):
+    return _SLOW["ctrl.secondary"][1](v, k, e) if e.sec & ~k.sec_may1 else None
+
+
+def _exit0(v, k, e):
+    return _SLOW["ctrl.exit"][0](v, k, e) if k.exit_must1 & ~v[_X] else None
+
+
+def _exit1(v, k, e):
+    return _SLOW["ctrl.exit"][1](v, k, e) if v[_X] & ~k.exit_may1 else None
+
+
+def _entry0(v, k, e):
+    return _SLOW["ctrl.entry"][0](v, k, e) if k.entry_must1 & ~v[_N] else None
+
+
+def _entry1(v, k, e):
+    return _SLOW["ctrl.entry"][1](v, k, e) if v[_N] & ~k.entry_may1 else None
+
+
+_FAST0 = {PIN: _pin0, CPU: _cpu0, SEC: _sec0, EXIT: _exit0, ENTRY: _entry0}
+_FAST1 = {PIN: _pin1, CPU: _cpu1, SEC: _sec1, EXIT: _exit1, ENTRY: _entry1}
 
 
 _ENC = {n: F.by_name(n).encoding for n in (PIN, CPU, SEC, TER, EXIT, EXIT2, ENTRY, VMFUNC)}
@@ -72,8 +111,8 @@ _X, _X2, _N, _VF = _ENC[EXIT], _ENC[EXIT2], _ENC[ENTRY], _ENC[VMFUNC]
 
 _allowed_rules("ctrl.pin", S_EXEC, PIN, "pin", (), lambda v, e: v[_P], "Appendix A.3.1")
 _allowed_rules("ctrl.primary", S_EXEC, CPU, "cpu", (), lambda v, e: v[_C], "Appendix A.3.2")
-_allowed_rules("ctrl.secondary", S_EXEC, SEC, "sec", (CPU,), lambda v, e: e.sec, "Appendix A.3.3",
-               active=lambda e: e.cpu & C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS)
+_ACT2 = C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS
+_allowed_rules("ctrl.secondary", S_EXEC, SEC, "sec", (CPU,), lambda v, e: e.sec, "Appendix A.3.3")
 
 
 def _tertiary(v, k, e):

@@ -37,6 +37,9 @@ class Facts:
         self.beyond_phys = ALL64 & ~((1 << self.addr_width) - 1)      # VMCS-referenced structures
         self.beyond_maxphy = ALL64 & ~((1 << p.maxphyaddr) - 1)        # CR3, EPTP, PDPTEs
         self.linear_bits = p.linear_address_bits
+        # canonical(x) <=> x >> canon_shift is 0 or canon_ones (bits 63:N-1 all equal)
+        self.canon_shift = self.linear_bits - 1
+        self.canon_ones = (1 << (65 - self.linear_bits)) - 1
         self.cr0_fixed0, self.cr0_fixed1 = p.cr0_fixed0, p.cr0_fixed1
         self.cr4_fixed0, self.cr4_fixed1 = p.cr4_fixed0, p.cr4_fixed1
         misc = p.misc

@@ -43,11 +43,6 @@ SEGS6 = ("CS", "SS", "DS", "ES", "FS", "GS")
 ENC = {"ES": _ES, "CS": _CS, "SS": _SS, "DS": _DS, "FS": _FS, "GS": _GS, "LDTR": _LDTR, "TR": _TR}
 
 
-def _canon(x: int, bits: int) -> bool:
-    top = x >> (bits - 1)
-    return not top or top == (1 << (65 - bits)) - 1
-
-
 # ---- selectors ------------------------------------------------------------------------------
 def _tr_ti(v, k, e):
     return "the TI flag (bit 2) of the TR selector must be 0" if v[_TR[0]] & 4 else None
@@ -92,7 +87,8 @@ def _base_canonical(seg: str, if_usable: bool):
     def fn(v, k, e):
         if if_usable and v[ar] & _UNUSABLE:
             return None
-        if not _canon(v[base], k.linear_bits):
+        top = v[base] >> k.canon_shift
+        if top and top != k.canon_ones:
             return f"the base must be canonical ({k.linear_bits}-bit linear addresses)"
         return None
     fields = (f"GUEST_{seg}_BASE",) + ((f"GUEST_{seg}_AR_BYTES",) if if_usable else ())

@@ -41,17 +41,15 @@ def canonical_rule(id: str, section: str, klass: str, field: str, gate_fields: t
 
     if active is None:
         def fn(v, k, e):
-            x = v[enc]
-            top = x >> (k.linear_bits - 1)
-            if top and top != (1 << (65 - k.linear_bits)) - 1:
+            top = v[enc] >> k.canon_shift
+            if top and top != k.canon_ones:
                 return f"{what} must be canonical ({k.linear_bits}-bit linear addresses)"
             return None
     else:
         def fn(v, k, e):
             if active(v, e):
-                x = v[enc]
-                top = x >> (k.linear_bits - 1)
-                if top and top != (1 << (65 - k.linear_bits)) - 1:
+                top = v[enc] >> k.canon_shift
+                if top and top != k.canon_ones:
                     return f"{what} must be canonical ({k.linear_bits}-bit linear addresses)"
             return None
     add(id, section, klass, (field, *gate_fields), fn, field=field)
