@@ -219,7 +219,10 @@ def _cmd_demo(args) -> int:
 # ---- check, template, rules ---------------------------------------------------------------
 def _read_input(path: str) -> tuple[str, str]:
     if path == "-":
-        return sys.stdin.read(), "-"
+        try:
+            return sys.stdin.read(), "-"
+        except UnicodeDecodeError:
+            raise BadInput("-: standard input is not UTF-8 text") from None
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read(), path

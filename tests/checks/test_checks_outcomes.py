@@ -152,3 +152,26 @@ def test_template_with_every_profile_under_vmresume():
         vmcs.launch_state = "launched"
         assert check(vmcs, p, instruction="vmresume").ok
         assert check(vmcs, p, instruction="vmlaunch").error == 4
+
+
+def test_msr_load_count_beyond_recommended_maximum():
+    """Skylake's IA32_VMX_MISC bits 27:25 are 0: 512 entries at most are defined.
+    A count of 2^32-1 is neither read nor looped over."""
+    import time
+    t = time.perf_counter()
+    r = run(SKL, mods={"VM_ENTRY_MSR_LOAD_COUNT": 0xFFFFFFFF, "VM_ENTRY_MSR_LOAD_ADDR": 0x100000},
+            memory={0x100000: bytes(16 * 512)}, all=True)
+    assert time.perf_counter() - t < 5
+    # (the area ends at 0x100000 + (2^32 - 1) * 16 - 1 < 2^39: the address checks pass)
+    # entry 1 is MSR index 0, which does not exist: WRMSR would #GP
+    assert (r.exit_reason, r.qualification) == (34, 1)
+    missing = {n.rule.id: n.missing for n in r.not_checked}
+    assert "recommended maximum of 512" in missing["msr_load.wrmsr_gp"]
+    # entries 1..512 (all zero: MSR index 0 does not exist) were checked
+    assert [v.index for v in r.violations if v.rule.id == "msr_load.wrmsr_gp"] == list(range(1, 513))
+
+
+def test_msr_load_area_partly_in_memory():
+    mem = {0xB000: struct.pack("<IIQ", 0x174, 0, 0)}
+    r = run(SKL, mods={"VM_ENTRY_MSR_LOAD_COUNT": 2, "VM_ENTRY_MSR_LOAD_ADDR": 0xB000}, memory=mem, all=True)
+    assert r.ok and {n.rule.id for n in r.not_checked} >= {"msr_load.wrmsr_gp"}

@@ -187,27 +187,35 @@ def check(vmcs: Vmcs | None, profile: Profile, memory: Memory | None = None,
                 violations.append(_violation(r, out, v))
                 if not all:
                     return Result.from_violations(profile.name, instruction, violations, not_checked)
-    _msr_load(v, k, e, all, violations, not_checked)
+    try:
+        _msr_load(v, k, e, all, violations, not_checked)
+    except Unknown as u:
+        not_checked.extend(NotChecked(r, u.what) for r in _MSR_RULES)
     return Result.from_violations(profile.name, instruction, violations, not_checked)
 
 
 def _msr_load(v, k, e, all: bool, violations: list, not_checked: list) -> None:
     """'Loading MSRs': the entries of the VM-entry MSR-load area in order; the
     first entry that fails gives exit reason 34 with its 1-based index."""
-    from .msr_load import entries
+    from .msr_load import entries, recommended_max
+    count = v[F.VM_ENTRY_MSR_LOAD_COUNT]   # (a dump without the field: Unknown, caught by the caller)
+    limit = recommended_max(k.misc)
     try:
-        area = entries(v, e)
+        for i, index, high, data in entries(v, e, limit):
+            for r in _MSR_RULES:
+                out = r.fn(index, high, data, k, e)
+                if out is not None:
+                    field, value = "VM_ENTRY_MSR_LOAD_ADDR", v[F.VM_ENTRY_MSR_LOAD_ADDR] + 16 * (i - 1)
+                    violations.append(Violation(r, field, value, f"entry {i}: {out}", i))
+                    if not all:
+                        return
     except Unknown as u:
         not_checked.extend(NotChecked(r, u.what) for r in _MSR_RULES)
         return
-    for i, (index, high, data) in enumerate(area, 1):
-        for r in _MSR_RULES:
-            out = r.fn(index, high, data, k, e)
-            if out is not None:
-                field, value = "VM_ENTRY_MSR_LOAD_ADDR", v[F.VM_ENTRY_MSR_LOAD_ADDR] + 16 * (i - 1)
-                violations.append(Violation(r, field, value, f"entry {i}: {out}", i))
-                if not all:
-                    return
+    if count > limit:
+        why = (f"entries {limit + 1}-{count}: more than the recommended maximum of {limit} "
+               "(IA32_VMX_MISC bits 27:25; the processor's behavior is undefined)")
+        not_checked.extend(NotChecked(r, why) for r in _MSR_RULES)
 
 
 _ORDERED: list[REG.Rule] = []

@@ -20,17 +20,21 @@ _COUNT, _ADDR = F.VM_ENTRY_MSR_LOAD_COUNT, F.VM_ENTRY_MSR_LOAD_ADDR
 FIELDS = ("VM_ENTRY_MSR_LOAD_COUNT", "VM_ENTRY_MSR_LOAD_ADDR")
 
 
-def entries(v, e) -> list[tuple[int, int, int]]:
-    """(MSR index, bits 63:32, data) of every entry; Unknown if memory is missing."""
-    count = v[_COUNT]
-    if not count:
-        return []
-    raw = e.read(v[_ADDR], 16 * count)
-    out = []
+def entries(v, e, limit: int):
+    """(index, MSR index, bits 63:32, data) of each entry, read one by one as the
+    processor processes them; at most `limit` entries.  Reading an entry whose
+    bytes the memory reader does not have raises Unknown."""
+    count = min(v[_COUNT], limit)
+    base = v[_ADDR]
     for i in range(count):
-        lo, hi, data = struct.unpack_from("<IIQ", raw, 16 * i)
-        out.append((lo, hi, data))
-    return out
+        lo, hi, data = struct.unpack("<IIQ", e.read(base + 16 * i, 16))
+        yield i + 1, lo, hi, data
+
+
+def recommended_max(misc: int) -> int:
+    """512 * (N + 1), N = IA32_VMX_MISC bits 27:25 ("Miscellaneous Data"): beyond this
+    number of entries the processor's behavior is undefined."""
+    return 512 * ((misc >> 25 & 7) + 1)
 
 
 def _m(id, fn, **kw):

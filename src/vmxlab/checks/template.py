@@ -72,8 +72,6 @@ def build(profile: Profile, mode: str = "long") -> VmcsDocument:
     sec = ctl["SECONDARY_VM_EXEC_CONTROL"] if ctl["CPU_BASED_VM_EXEC_CONTROL"] & C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS else 0
 
     vmcs = Vmcs()
-    f = vmcs.values.__setitem__
-    from ..arch import fields as F
 
     def put(name: str, value: int) -> None:
         vmcs[name] = value
