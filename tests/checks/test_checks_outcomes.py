@@ -175,3 +175,19 @@ def test_msr_load_area_partly_in_memory():
     mem = {0xB000: struct.pack("<IIQ", 0x174, 0, 0)}
     r = run(SKL, mods={"VM_ENTRY_MSR_LOAD_COUNT": 2, "VM_ENTRY_MSR_LOAD_ADDR": 0xB000}, memory=mem, all=True)
     assert r.ok and {n.rule.id for n in r.not_checked} >= {"msr_load.wrmsr_gp"}
+
+
+def test_secondary_controls_on_a_processor_that_cannot_activate_them():
+    """A processor without the 1-setting of 'activate secondary controls' performs no
+    checks on the secondary controls (only the primary field's reserved bit fails)."""
+    from vmxlab.caps.profile import from_dict
+    from checks_support import _shipped
+    d = _shipped("penryn")
+    d["msrs"]["IA32_VMX_PROCBASED_CTLS"] = hex(int(d["msrs"]["IA32_VMX_PROCBASED_CTLS"], 16) & ~(1 << 63))
+    p = from_dict(d, "penryn-no-secondary")
+    vmcs = build(p).vmcs
+    vmcs["SECONDARY_VM_EXEC_CONTROL"] = 0xFFFFFFFF
+    assert check(vmcs, p).ok
+    vmcs["CPU_BASED_VM_EXEC_CONTROL"] = vmcs["CPU_BASED_VM_EXEC_CONTROL"] | C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS
+    r = check(vmcs, p, all=True)
+    assert [v.rule.id for v in r.violations] == ["ctrl.primary.allowed1"]

@@ -56,8 +56,8 @@ def test_guards_never_hide_a_violation(values, profile, seed):
     vmcs = Vmcs(base)
     mem = _memory(seed)
     v = all_values(vmcs.values)
-    e = Entry(v, "vmlaunch", True, False, mem, 0x1000, "clear")
     k = facts(p)
+    e = Entry(v, k, "vmlaunch", True, False, mem, 0x1000, "clear")
     naive = []
     for r in RULES:
         if r.klass == MSR_LOAD:

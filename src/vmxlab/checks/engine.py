@@ -56,12 +56,13 @@ class KnownValues(dict):
 class Entry:
     """The VM entry being checked: the instruction, the state of the processor
     executing it, the physical-memory reader, and the effective control values
-    (secondary/tertiary/secondary-exit controls read as 0 when not activated, as
-    the SDM says the processor treats them)."""
+    (secondary/tertiary/secondary-exit controls read as 0 when not activated, or
+    when the processor does not support activating them, as the SDM says the
+    processor treats them)."""
     __slots__ = ("instruction", "host_lma", "mov_ss_blocking", "memory", "vmcs_pointer", "launch_state",
                  "pin", "cpu", "sec", "ter", "exit", "exit2", "entry", "ia32e", "ug")
 
-    def __init__(self, v, instruction: str, host_lma: bool, mov_ss_blocking: bool,
+    def __init__(self, v, k, instruction: str, host_lma: bool, mov_ss_blocking: bool,
                  memory: Memory | None, vmcs_pointer: int | None, launch_state: str):
         self.instruction = instruction
         self.host_lma = host_lma
@@ -72,11 +73,14 @@ class Entry:
         cpu = v[_CPU]
         self.pin = v[_PIN]
         self.cpu = cpu
-        self.sec = v[_SEC] if cpu & _ACT2 else 0
-        self.ter = v[_TER] if cpu & _ACT3 else 0
+        # "If the 'activate secondary controls' control is 0 (or if the processor does not
+        # support the 1-setting of that control), no checks are performed on the secondary
+        # controls": likewise for tertiary and secondary VM-exit controls.
+        self.sec = v[_SEC] if cpu & _ACT2 & k.cpu_may1 else 0
+        self.ter = v[_TER] if cpu & _ACT3 & k.cpu_may1 else 0
         ext = v[_EXIT]
         self.exit = ext
-        self.exit2 = v[_EXIT2] if ext & _EXIT_ACT2 else 0
+        self.exit2 = v[_EXIT2] if ext & _EXIT_ACT2 & k.exit_may1 else 0
         self.entry = v[_ENTRY]
         self.ia32e = bool(self.entry & _IA32E)
         self.ug = bool(self.sec & _UG)
@@ -89,19 +93,20 @@ class Entry:
         return data
 
 
-def _lazy(name: str, fn):
+def _lazy(fn):
     def get(self):
-        return fn(self._v)
+        return fn(self._v, self._k)
     return property(get)
 
 
 class PartialEntry(Entry):
     """Entry for a VMCS with unknown fields: each effective control is read when a
     rule asks for it, so only the rules that need an unknown control go unchecked."""
-    __slots__ = ("_v",)
+    __slots__ = ("_v", "_k")
 
-    def __init__(self, v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, launch_state):
+    def __init__(self, v, k, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, launch_state):
         self._v = v
+        self._k = k
         self.instruction = instruction
         self.host_lma = host_lma
         self.mov_ss_blocking = mov_ss_blocking
@@ -111,16 +116,16 @@ class PartialEntry(Entry):
 
 
 for _name, _fn in {
-    "pin": lambda v: v[_PIN], "cpu": lambda v: v[_CPU],
-    "sec": lambda v: v[_SEC] if v[_CPU] & _ACT2 else 0,
-    "ter": lambda v: v[_TER] if v[_CPU] & _ACT3 else 0,
-    "exit": lambda v: v[_EXIT],
-    "exit2": lambda v: v[_EXIT2] if v[_EXIT] & _EXIT_ACT2 else 0,
-    "entry": lambda v: v[_ENTRY],
-    "ia32e": lambda v: bool(v[_ENTRY] & _IA32E),
-    "ug": lambda v: bool(v[_CPU] & _ACT2 and v[_SEC] & _UG),
+    "pin": lambda v, k: v[_PIN], "cpu": lambda v, k: v[_CPU],
+    "sec": lambda v, k: v[_SEC] if v[_CPU] & _ACT2 & k.cpu_may1 else 0,
+    "ter": lambda v, k: v[_TER] if v[_CPU] & _ACT3 & k.cpu_may1 else 0,
+    "exit": lambda v, k: v[_EXIT],
+    "exit2": lambda v, k: v[_EXIT2] if v[_EXIT] & _EXIT_ACT2 & k.exit_may1 else 0,
+    "entry": lambda v, k: v[_ENTRY],
+    "ia32e": lambda v, k: bool(v[_ENTRY] & _IA32E),
+    "ug": lambda v, k: bool(v[_CPU] & _ACT2 & k.cpu_may1 and v[_SEC] & _UG),
 }.items():
-    setattr(PartialEntry, _name, _lazy(_name, _fn))
+    setattr(PartialEntry, _name, _lazy(_fn))
 
 
 def _violation(rule: REG.Rule, out, v) -> Violation:
@@ -158,10 +163,10 @@ def check(vmcs: Vmcs | None, profile: Profile, memory: Memory | None = None,
     if vmcs.default is None:
         v = KnownValues(vmcs.values)
         # A dump_vmcs text does not say the launch state: the launch-state rules go unchecked.
-        e = PartialEntry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, None)
+        e = PartialEntry(v, k, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, None)
     else:
         v = all_values(vmcs.values)
-        e = Entry(v, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
+        e = Entry(v, k, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
     violations: list[Violation] = []
     not_checked: list[NotChecked] = []
     for guard, run, n, block in _PLAN:
