@@ -42,8 +42,8 @@ def test_checker_never_raises(values, profile, on_template, all_, instruction, h
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(values=vmcs_values(), profile=st.sampled_from(PROFILES), seed=st.integers(0, 255))
-def test_guards_never_hide_a_violation(values, profile, seed):
+@given(values=vmcs_values(), profile=st.sampled_from(PROFILES), seed=st.integers(0, 255), host_lma=st.booleans())
+def test_guards_never_hide_a_violation(values, profile, seed, host_lma):
     """The engine skips a run of rules when their shared guard is false; evaluating
     every rule one by one must give the same violations."""
     from vmxlab.checks import RULES
@@ -57,7 +57,7 @@ def test_guards_never_hide_a_violation(values, profile, seed):
     mem = _memory(seed)
     v = all_values(vmcs.values)
     k = facts(p)
-    e = Entry(v, k, "vmlaunch", True, False, mem, 0x1000, "clear")
+    e = Entry(v, k, "vmlaunch", host_lma, False, mem, 0x1000, "clear")
     naive = []
     for r in RULES:
         if r.klass == MSR_LOAD:
@@ -67,6 +67,6 @@ def test_guards_never_hide_a_violation(values, profile, seed):
                 naive.append(r.id)
         except Unknown:
             pass
-    got = [x.rule.id for x in check(vmcs, p, mem, all=True, vmcs_pointer=0x1000).violations
+    got = [x.rule.id for x in check(vmcs, p, mem, all=True, vmcs_pointer=0x1000, host_lma=host_lma).violations
            if x.rule.klass != MSR_LOAD]
     assert got == naive

@@ -216,8 +216,12 @@ def _nmi_window(v, k, e):
     return None
 
 
-_ctl("ctrl.pin.virtual_nmis", S_EXEC, (PIN,), _vnmi)
-_ctl("ctrl.primary.nmi_window", S_EXEC, (CPU, PIN), _nmi_window)
+def _nmi_controls(v, e):
+    return e.pin & _VNMI or e.cpu & _NMI_WINDOW
+
+
+_ctl("ctrl.pin.virtual_nmis", S_EXEC, (PIN,), _vnmi, guard=_nmi_controls)
+_ctl("ctrl.primary.nmi_window", S_EXEC, (CPU, PIN), _nmi_window, guard=_nmi_controls)
 
 _vapic_on = _on("sec", _VAPIC)
 address_rules("ctrl.apic_access", S_EXEC, CONTROLS, "APIC_ACCESS_ADDR", (CPU, SEC), _vapic_on,
@@ -251,9 +255,13 @@ def _vid_ext(v, k, e):
     return None
 
 
-_ctl("ctrl.secondary.apic_virt_needs_tpr_shadow", S_EXEC, (SEC, CPU), _tpr_needed, field=SEC)
-_ctl("ctrl.secondary.x2apic_and_apic_accesses", S_EXEC, (SEC, CPU), _x2apic, field=SEC)
-_ctl("ctrl.pin.vid_needs_ext_intr_exiting", S_EXEC, (PIN, SEC, CPU), _vid_ext, field=PIN)
+def _apic_virt(v, e):
+    return e.sec & (_X2APIC | _APICREG | _VID)
+
+
+_ctl("ctrl.secondary.apic_virt_needs_tpr_shadow", S_EXEC, (SEC, CPU), _tpr_needed, field=SEC, guard=_apic_virt)
+_ctl("ctrl.secondary.x2apic_and_apic_accesses", S_EXEC, (SEC, CPU), _x2apic, field=SEC, guard=_apic_virt)
+_ctl("ctrl.pin.vid_needs_ext_intr_exiting", S_EXEC, (PIN, SEC, CPU), _vid_ext, field=PIN, guard=_apic_virt)
 
 _PI, _ACK = C.PIN_BASED_POSTED_INTR, C.VM_EXIT_ACK_INTR_ON_EXIT
 _PI_NV = F.POSTED_INTR_NV
@@ -363,10 +371,12 @@ _PML = C.SECONDARY_EXEC_ENABLE_PML
 _pml_on = _on("sec", _PML)
 _ctl("ctrl.pml.needs_ept", S_EXEC, (SEC, CPU), _needs_ept(_PML, "enable PML"), field=SEC, guard=_pml_on)
 address_rules("ctrl.pml", S_EXEC, CONTROLS, "PML_ADDRESS", (SEC, CPU), _pml_on, "PML address", guard=_pml_on)
+_ug_mbec_on = _on("sec", C.SECONDARY_EXEC_UNRESTRICTED_GUEST | C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC)
 _ctl("ctrl.unrestricted_guest.needs_ept", S_EXEC, (SEC, CPU),
-     _needs_ept(C.SECONDARY_EXEC_UNRESTRICTED_GUEST, "unrestricted guest"), field=SEC)
+     _needs_ept(C.SECONDARY_EXEC_UNRESTRICTED_GUEST, "unrestricted guest"), field=SEC, guard=_ug_mbec_on)
 _ctl("ctrl.mode_based_ept.needs_ept", S_EXEC, (SEC, CPU),
-     _needs_ept(C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC, "mode-based execute control for EPT"), field=SEC)
+     _needs_ept(C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC, "mode-based execute control for EPT"), field=SEC,
+     guard=_ug_mbec_on)
 _SPP = C.SECONDARY_EXEC_ENABLE_SPP
 _spp_on = _on("sec", _SPP)
 _ctl("ctrl.spp.needs_ept", S_EXEC, (SEC, CPU), _needs_ept(_SPP, "sub-page write permissions for EPT"), field=SEC,
@@ -630,6 +640,10 @@ def _smm_dual(v, k, e):
     return None
 
 
-_ctl("ctrl.entry.smm_outside_smm", S_ENTRY, (ENTRY,), _smm,
+def _smm_controls(v, e):
+    return e.entry & (_SMM | _DUAL)
+
+
+_ctl("ctrl.entry.smm_outside_smm", S_ENTRY, (ENTRY,), _smm, guard=_smm_controls,
      note="vmxlab models a processor outside SMM; VM entries from SMM (dual-monitor treatment) are not modelled.")
-_ctl("ctrl.entry.smm_and_dual_monitor", S_ENTRY, (ENTRY,), _smm_dual)
+_ctl("ctrl.entry.smm_and_dual_monitor", S_ENTRY, (ENTRY,), _smm_dual, guard=_smm_controls)

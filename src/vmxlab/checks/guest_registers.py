@@ -103,9 +103,21 @@ _g("guest.dr7.upper", ("GUEST_DR7", ENTRY), _dr7)
 canonical_rule("guest.sysenter_esp.canonical", S_GUEST_CR, GUEST, "GUEST_SYSENTER_ESP")
 canonical_rule("guest.sysenter_eip.canonical", S_GUEST_CR, GUEST, "GUEST_SYSENTER_EIP")
 _LOAD_CET = C.VM_ENTRY_LOAD_CET_STATE
-canonical_rule("guest.s_cet.canonical", S_GUEST_CR, GUEST, "GUEST_S_CET", (ENTRY,), lambda v, e: e.entry & _LOAD_CET)
+# Guard of the guest MSR-field rules below: one of the VM-entry controls that load them is 1.
+_ENTRY_LOADS = (C.VM_ENTRY_LOAD_CET_STATE | C.VM_ENTRY_LOAD_IA32_PERF_GLOBAL_CTRL | C.VM_ENTRY_LOAD_IA32_PAT
+                | C.VM_ENTRY_LOAD_IA32_EFER | C.VM_ENTRY_LOAD_BNDCFGS | C.VM_ENTRY_LOAD_IA32_RTIT_CTL
+                | C.VM_ENTRY_LOAD_IA32_LBR_CTL | C.VM_ENTRY_LOAD_IA32_PKRS | C.VM_ENTRY_LOAD_UINV)
+
+
+def _entry_loads(v, e):
+    return e.entry & _ENTRY_LOADS
+
+
+_G = {"guard": _entry_loads}
+canonical_rule("guest.s_cet.canonical", S_GUEST_CR, GUEST, "GUEST_S_CET", (ENTRY,), lambda v, e: e.entry & _LOAD_CET,
+               **_G)
 canonical_rule("guest.intr_ssp_table.canonical", S_GUEST_CR, GUEST, "GUEST_INTR_SSP_TABLE", (ENTRY,),
-               lambda v, e: e.entry & _LOAD_CET)
+               lambda v, e: e.entry & _LOAD_CET, **_G)
 _S_CET = F.GUEST_S_CET
 
 
@@ -115,7 +127,7 @@ def _s_cet_reserved(v, k, e):
     return None
 
 
-_g("guest.s_cet.reserved", ("GUEST_S_CET", ENTRY), _s_cet_reserved,
+_g("guest.s_cet.reserved", ("GUEST_S_CET", ENTRY), _s_cet_reserved, **_G,
    note="No shipped profile supports CET; written as KVM's nested checks do it (reserved bits 9:6).")
 
 _PERF, _PAT, _EFER = F.GUEST_IA32_PERF_GLOBAL_CTRL, F.GUEST_IA32_PAT, F.GUEST_IA32_EFER
@@ -193,14 +205,14 @@ def _uinv(v, k, e):
     return None
 
 
-_g("guest.perf_global_ctrl.reserved", ("GUEST_IA32_PERF_GLOBAL_CTRL", ENTRY), _perf)
-_g("guest.pat.memory_types", ("GUEST_IA32_PAT", ENTRY), _pat)
-_g("guest.efer.reserved", ("GUEST_IA32_EFER", ENTRY), _efer_reserved)
-_g("guest.efer.lma", ("GUEST_IA32_EFER", ENTRY), _efer_lma)
-_g("guest.efer.lme", ("GUEST_IA32_EFER", "GUEST_CR0", ENTRY), _efer_lme)
-_g("guest.bndcfgs.reserved", ("GUEST_BNDCFGS", ENTRY), _bnd_reserved)
-_g("guest.bndcfgs.canonical", ("GUEST_BNDCFGS", ENTRY), _bnd_canonical)
-_g("guest.rtit_ctl.reserved", ("GUEST_IA32_RTIT_CTL", ENTRY), _rtit)
-_g("guest.lbr_ctl.reserved", ("GUEST_IA32_LBR_CTL", ENTRY), _lbr)
-_g("guest.pkrs.reserved", ("GUEST_IA32_PKRS", ENTRY), _pkrs)
-_g("guest.uinv.reserved", ("GUEST_UINV", ENTRY), _uinv)
+_g("guest.perf_global_ctrl.reserved", ("GUEST_IA32_PERF_GLOBAL_CTRL", ENTRY), _perf, **_G)
+_g("guest.pat.memory_types", ("GUEST_IA32_PAT", ENTRY), _pat, **_G)
+_g("guest.efer.reserved", ("GUEST_IA32_EFER", ENTRY), _efer_reserved, **_G)
+_g("guest.efer.lma", ("GUEST_IA32_EFER", ENTRY), _efer_lma, **_G)
+_g("guest.efer.lme", ("GUEST_IA32_EFER", "GUEST_CR0", ENTRY), _efer_lme, **_G)
+_g("guest.bndcfgs.reserved", ("GUEST_BNDCFGS", ENTRY), _bnd_reserved, **_G)
+_g("guest.bndcfgs.canonical", ("GUEST_BNDCFGS", ENTRY), _bnd_canonical, **_G)
+_g("guest.rtit_ctl.reserved", ("GUEST_IA32_RTIT_CTL", ENTRY), _rtit, **_G)
+_g("guest.lbr_ctl.reserved", ("GUEST_IA32_LBR_CTL", ENTRY), _lbr, **_G)
+_g("guest.pkrs.reserved", ("GUEST_IA32_PKRS", ENTRY), _pkrs, **_G)
+_g("guest.uinv.reserved", ("GUEST_UINV", ENTRY), _uinv, **_G)

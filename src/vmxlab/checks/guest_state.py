@@ -178,12 +178,18 @@ def _act_sipi_smm(v, k, e):
     return None
 
 
-_g("guest.activity.range", S_GUEST_NONREG, (ACT,), _act_range)
-_g("guest.activity.supported", S_GUEST_NONREG, (ACT,), _act_supported)
-_g("guest.activity.hlt_needs_ss_dpl0", S_GUEST_NONREG, (ACT, "GUEST_SS_AR_BYTES"), _act_hlt_dpl)
-_g("guest.activity.active_when_blocking", S_GUEST_NONREG, (ACT, INTR), _act_blocking)
-_g("guest.activity.injection", S_GUEST_NONREG, (ACT, INFO), _act_injection)
-_g("guest.activity.wait_sipi_entry_smm", S_GUEST_NONREG, (ACT, ENTRY), _act_sipi_smm)
+def _inactive(v, e):
+    """Guard of the activity-state rules: every one needs a state other than active."""
+    return v[_ACT]
+
+
+_GA = {"guard": _inactive}
+_g("guest.activity.range", S_GUEST_NONREG, (ACT,), _act_range, **_GA)
+_g("guest.activity.supported", S_GUEST_NONREG, (ACT,), _act_supported, **_GA)
+_g("guest.activity.hlt_needs_ss_dpl0", S_GUEST_NONREG, (ACT, "GUEST_SS_AR_BYTES"), _act_hlt_dpl, **_GA)
+_g("guest.activity.active_when_blocking", S_GUEST_NONREG, (ACT, INTR), _act_blocking, **_GA)
+_g("guest.activity.injection", S_GUEST_NONREG, (ACT, INFO), _act_injection, **_GA)
+_g("guest.activity.wait_sipi_entry_smm", S_GUEST_NONREG, (ACT, ENTRY), _act_sipi_smm, **_GA)
 
 
 # ---- interruptibility state -------------------------------------------------------------------------
@@ -242,16 +248,22 @@ def _intr_enclave(v, k, e):
     return None
 
 
-_g("guest.interruptibility.reserved", S_GUEST_NONREG, (INTR,), _intr_reserved)
-_g("guest.interruptibility.sti_and_mov_ss", S_GUEST_NONREG, (INTR,), _intr_sti_movss)
-_g("guest.interruptibility.sti_needs_if", S_GUEST_NONREG, (INTR, RFLAGS), _intr_sti_if)
-_g("guest.interruptibility.ext_intr_injection", S_GUEST_NONREG, (INTR, INFO), _intr_ext)
-_g("guest.interruptibility.nmi_injection_mov_ss", S_GUEST_NONREG, (INTR, INFO), _intr_nmi_movss,
+def _blocking(v, e):
+    """Guard of the interruptibility rules that need some bit of the field set."""
+    return v[_INTR]
+
+
+_GI = {"guard": _blocking}
+_g("guest.interruptibility.reserved", S_GUEST_NONREG, (INTR,), _intr_reserved, **_GI)
+_g("guest.interruptibility.sti_and_mov_ss", S_GUEST_NONREG, (INTR,), _intr_sti_movss, **_GI)
+_g("guest.interruptibility.sti_needs_if", S_GUEST_NONREG, (INTR, RFLAGS), _intr_sti_if, **_GI)
+_g("guest.interruptibility.ext_intr_injection", S_GUEST_NONREG, (INTR, INFO), _intr_ext, **_GI)
+_g("guest.interruptibility.nmi_injection_mov_ss", S_GUEST_NONREG, (INTR, INFO), _intr_nmi_movss, **_GI,
    note="The SDM lets processors accept NMI injection with blocking by STI; only MOV SS blocking is checked.")
-_g("guest.interruptibility.smi_outside_smm", S_GUEST_NONREG, (INTR,), _intr_smi)
+_g("guest.interruptibility.smi_outside_smm", S_GUEST_NONREG, (INTR,), _intr_smi, **_GI)
 _g("guest.interruptibility.smi_entry_to_smm", S_GUEST_NONREG, (INTR, ENTRY), _intr_smi_entry)
-_g("guest.interruptibility.nmi_virtual_nmis", S_GUEST_NONREG, (INTR, INFO, PIN), _intr_vnmi)
-_g("guest.interruptibility.enclave", S_GUEST_NONREG, (INTR,), _intr_enclave)
+_g("guest.interruptibility.nmi_virtual_nmis", S_GUEST_NONREG, (INTR, INFO, PIN), _intr_vnmi, **_GI)
+_g("guest.interruptibility.enclave", S_GUEST_NONREG, (INTR,), _intr_enclave, **_GI)
 
 
 # ---- pending debug exceptions -------------------------------------------------------------------------

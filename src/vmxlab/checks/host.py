@@ -35,7 +35,7 @@ def fixed_bits_message(register: str, value: int, fixed0: int, fixed1: int, skip
 
 
 def canonical_rule(id: str, section: str, klass: str, field: str, gate_fields: tuple[str, ...] = (),
-                   active=None, what: str = "") -> None:
+                   active=None, what: str = "", guard=None) -> None:
     enc = F.by_name(field).encoding
     what = what or field
 
@@ -52,7 +52,7 @@ def canonical_rule(id: str, section: str, klass: str, field: str, gate_fields: t
                 if top and top != k.canon_ones:
                     return f"{what} must be canonical ({k.linear_bits}-bit linear addresses)"
             return None
-    add(id, section, klass, (field, *gate_fields), fn, field=field)
+    add(id, section, klass, (field, *gate_fields), fn, field=field, guard=guard)
 
 
 _CR0, _CR3, _CR4 = F.HOST_CR0, F.HOST_CR3, F.HOST_CR4
@@ -91,9 +91,19 @@ _host("host.cr3.width", S_HOST_CR, ("HOST_CR3",), _cr3)
 canonical_rule("host.sysenter_esp.canonical", S_HOST_CR, HOST, "HOST_IA32_SYSENTER_ESP")
 canonical_rule("host.sysenter_eip.canonical", S_HOST_CR, HOST, "HOST_IA32_SYSENTER_EIP")
 _LOAD_CET = C.VM_EXIT_LOAD_CET_STATE
-canonical_rule("host.s_cet.canonical", S_HOST_CR, HOST, "HOST_S_CET", (EXIT,), lambda v, e: e.exit & _LOAD_CET)
+# Guard of the host MSR-field rules: one of the VM-exit controls that load them is 1.
+_EXIT_LOADS = (C.VM_EXIT_LOAD_CET_STATE | C.VM_EXIT_LOAD_IA32_PERF_GLOBAL_CTRL | C.VM_EXIT_LOAD_IA32_PAT
+               | C.VM_EXIT_LOAD_IA32_EFER | C.VM_EXIT_LOAD_IA32_PKRS)
+
+
+def _exit_loads(v, e):
+    return e.exit & _EXIT_LOADS
+
+
+canonical_rule("host.s_cet.canonical", S_HOST_CR, HOST, "HOST_S_CET", (EXIT,), lambda v, e: e.exit & _LOAD_CET,
+               guard=_exit_loads)
 canonical_rule("host.intr_ssp_table.canonical", S_HOST_CR, HOST, "HOST_INTR_SSP_TABLE", (EXIT,),
-               lambda v, e: e.exit & _LOAD_CET)
+               lambda v, e: e.exit & _LOAD_CET, guard=_exit_loads)
 _S_CET, _HSSP = F.HOST_S_CET, F.HOST_SSP
 
 
@@ -111,8 +121,8 @@ def _ssp_aligned(v, k, e):
 
 _CET_NOTE = ("No shipped profile supports CET; the SDM's CET checks are written as recalled and as KVM's nested "
              "checks do them (reserved bits 9:6 of IA32_S_CET, SSP 4-byte aligned).")
-_host("host.s_cet.reserved", S_HOST_CR, ("HOST_S_CET", EXIT), _s_cet_reserved, note=_CET_NOTE)
-_host("host.ssp.aligned", S_HOST_CR, ("HOST_SSP", EXIT), _ssp_aligned, note=_CET_NOTE)
+_host("host.s_cet.reserved", S_HOST_CR, ("HOST_S_CET", EXIT), _s_cet_reserved, note=_CET_NOTE, guard=_exit_loads)
+_host("host.ssp.aligned", S_HOST_CR, ("HOST_SSP", EXIT), _ssp_aligned, note=_CET_NOTE, guard=_exit_loads)
 
 _PERF, _PAT, _EFER, _PKRS = (F.HOST_IA32_PERF_GLOBAL_CTRL, F.HOST_IA32_PAT, F.HOST_IA32_EFER, F.HOST_IA32_PKRS)
 
@@ -163,11 +173,12 @@ def _pkrs(v, k, e):
     return None
 
 
-_host("host.perf_global_ctrl.reserved", S_HOST_CR, ("HOST_IA32_PERF_GLOBAL_CTRL", EXIT), _perf)
-_host("host.pat.memory_types", S_HOST_CR, ("HOST_IA32_PAT", EXIT), _pat)
-_host("host.efer.reserved", S_HOST_CR, ("HOST_IA32_EFER", EXIT), _efer_reserved)
-_host("host.efer.lma_lme", S_HOST_CR, ("HOST_IA32_EFER", EXIT), _efer_mode)
-_host("host.pkrs.reserved", S_HOST_CR, ("HOST_IA32_PKRS", EXIT), _pkrs)
+_G = {"guard": _exit_loads}
+_host("host.perf_global_ctrl.reserved", S_HOST_CR, ("HOST_IA32_PERF_GLOBAL_CTRL", EXIT), _perf, **_G)
+_host("host.pat.memory_types", S_HOST_CR, ("HOST_IA32_PAT", EXIT), _pat, **_G)
+_host("host.efer.reserved", S_HOST_CR, ("HOST_IA32_EFER", EXIT), _efer_reserved, **_G)
+_host("host.efer.lma_lme", S_HOST_CR, ("HOST_IA32_EFER", EXIT), _efer_mode, **_G)
+_host("host.pkrs.reserved", S_HOST_CR, ("HOST_IA32_PKRS", EXIT), _pkrs, **_G)
 
 
 # ---- host segment and descriptor-table registers ------------------------------------------
@@ -281,12 +292,19 @@ def _ssp(v, k, e):
     return None
 
 
-_host("host.addr_size.ia32e_guest_outside_lma", S_ADDR_SIZE, (ENTRY,), _outside_guest, field=ENTRY)
-_host("host.addr_size.host_size_outside_lma", S_ADDR_SIZE, (EXIT,), _outside_host, field=EXIT)
-_host("host.addr_size.host_size_inside_lma", S_ADDR_SIZE, (EXIT,), _inside_host, field=EXIT)
-_host("host.addr_size.ia32e_guest_needs_host_size", S_ADDR_SIZE, (EXIT, ENTRY), _h0_guest, field=ENTRY)
-_host("host.addr_size.cr4_pcide", S_ADDR_SIZE, (EXIT, "HOST_CR4"), _h0_pcide, field="HOST_CR4")
-_host("host.addr_size.rip_upper", S_ADDR_SIZE, (EXIT, "HOST_RIP"), _h0_rip, field="HOST_RIP")
+def _not_64bit(v, e):
+    """Guard of the rules that need a processor outside IA-32e mode or a host
+    address-space size of 0."""
+    return not e.host_lma or not e.exit & _HASS
+
+
+_N64 = {"guard": _not_64bit}
+_host("host.addr_size.ia32e_guest_outside_lma", S_ADDR_SIZE, (ENTRY,), _outside_guest, field=ENTRY, **_N64)
+_host("host.addr_size.host_size_outside_lma", S_ADDR_SIZE, (EXIT,), _outside_host, field=EXIT, **_N64)
+_host("host.addr_size.host_size_inside_lma", S_ADDR_SIZE, (EXIT,), _inside_host, field=EXIT, **_N64)
+_host("host.addr_size.ia32e_guest_needs_host_size", S_ADDR_SIZE, (EXIT, ENTRY), _h0_guest, field=ENTRY, **_N64)
+_host("host.addr_size.cr4_pcide", S_ADDR_SIZE, (EXIT, "HOST_CR4"), _h0_pcide, field="HOST_CR4", **_N64)
+_host("host.addr_size.rip_upper", S_ADDR_SIZE, (EXIT, "HOST_RIP"), _h0_rip, field="HOST_RIP", **_N64)
 _host("host.addr_size.cr4_pae", S_ADDR_SIZE, (EXIT, "HOST_CR4"), _h1_pae, field="HOST_CR4")
 _host("host.addr_size.rip_canonical", S_ADDR_SIZE, (EXIT, "HOST_RIP"), _h1_rip, field="HOST_RIP")
 _host("host.addr_size.ssp", S_ADDR_SIZE, ("HOST_SSP", EXIT), _ssp,
