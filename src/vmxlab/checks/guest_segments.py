@@ -247,18 +247,6 @@ def _cs_db(v, k, e):
     return None
 
 
-_cs = _common_ar_rules("CS", NOT_V86)
-_RF = (RFLAGS,)
-_g("guest.cs.ar_type", ("GUEST_CS_AR_BYTES", RFLAGS, SEC, CPU), _cs_type)
-_reg("CS", "s", _cs["s"], _RF)
-_g("guest.cs.ar_dpl", ("GUEST_CS_AR_BYTES", "GUEST_SS_AR_BYTES", RFLAGS, SEC, CPU), _cs_dpl)
-_reg("CS", "p", _cs["p"], _RF)
-_reg("CS", "reserved_11_8", _cs["rsvd_lo"], _RF)
-_g("guest.cs.ar_db", ("GUEST_CS_AR_BYTES", RFLAGS, ENTRY), _cs_db)
-_reg("CS", "g", _cs["g"], _RF)
-_reg("CS", "reserved_31_17", _cs["rsvd_hi"], _RF)
-
-
 # SS (not virtual-8086)
 def _usable_not_v86(v, a):
     return not a & _UNUSABLE and not v[_RFLAGS] & _VM
@@ -288,20 +276,9 @@ def _ss_dpl_zero(v, k, e):
     return None
 
 
-_ss = _common_ar_rules("SS", USABLE_NOT_V86)
-_g("guest.ss.ar_type", ("GUEST_SS_AR_BYTES", RFLAGS), _ss_type)
-_reg("SS", "s", _ss["s"], _RF)
-_g("guest.ss.ar_dpl_rpl", ("GUEST_SS_AR_BYTES", "GUEST_SS_SELECTOR", RFLAGS, SEC, CPU), _ss_dpl_rpl)
-_g("guest.ss.ar_dpl_zero", ("GUEST_SS_AR_BYTES", "GUEST_CS_AR_BYTES", CR0, RFLAGS), _ss_dpl_zero)
-_reg("SS", "p", _ss["p"], _RF)
-_reg("SS", "reserved_11_8", _ss["rsvd_lo"], _RF)
-_reg("SS", "g", _ss["g"], _RF)
-_reg("SS", "reserved_31_17", _ss["rsvd_hi"], _RF)
-
-
 # DS, ES, FS, GS (usable, not virtual-8086)
-def _data_rules(seg: str) -> None:
-    sel, _, _, ar = ENC[seg]
+def _data_type(seg: str):
+    ar = ENC[seg][3]
 
     def type_(v, k, e):
         a = v[ar]
@@ -312,30 +289,64 @@ def _data_rules(seg: str) -> None:
             if t & 8 and not t & 2:
                 return f"type {t} ({describe_ar(a)}): a code segment must be readable (bit 1)"
         return None
+    return type_
+
+
+def _data_dpl(seg: str):
+    sel, _, _, ar = ENC[seg]
 
     def dpl(v, k, e):
         a = v[ar]
         if _usable_not_v86(v, a) and not e.ug and a & 0xF <= 11 and a >> 5 & 3 < v[sel] & 3:
-            return f"DPL ({a >> 5 & 3}) cannot be less than the selector's RPL ({v[sel] & 3}) (unrestricted guest 0, type 0-11)"
+            return (f"DPL ({a >> 5 & 3}) cannot be less than the selector's RPL ({v[sel] & 3}) "
+                    "(unrestricted guest 0, type 0-11)")
         return None
-
-    c = _common_ar_rules(seg, USABLE_NOT_V86)
-    arn = f"GUEST_{seg}_AR_BYTES"
-
-    def guard(v, e):
-        return _usable_not_v86(v, v[ar])
-
-    _g(f"guest.{seg.lower()}.ar_type", (arn, RFLAGS), type_, guard=guard)
-    _reg(seg, "s", c["s"], _RF, guard)
-    _g(f"guest.{seg.lower()}.ar_dpl", (arn, f"GUEST_{seg}_SELECTOR", RFLAGS, SEC, CPU), dpl, guard=guard)
-    _reg(seg, "p", c["p"], _RF, guard)
-    _reg(seg, "reserved_11_8", c["rsvd_lo"], _RF, guard)
-    _reg(seg, "g", c["g"], _RF, guard)
-    _reg(seg, "reserved_31_17", c["rsvd_hi"], _RF, guard)
+    return dpl
 
 
-for _s in ("DS", "ES", "FS", "GS"):
-    _data_rules(_s)
+def _not_v86(v, e):
+    """Guard of the access-rights rules for a guest not in virtual-8086 mode."""
+    return not v[_RFLAGS] & _VM
+
+
+# The SDM orders these checks by sub-field (Type, S, DPL, P, reserved 11:8, D/B, G,
+# reserved 31:17), each for CS, SS, then DS, ES, FS, GS.
+_DATA = ("DS", "ES", "FS", "GS")
+_COMMON = {"CS": _common_ar_rules("CS", NOT_V86), "SS": _common_ar_rules("SS", USABLE_NOT_V86),
+           **{seg: _common_ar_rules(seg, USABLE_NOT_V86) for seg in _DATA}}
+_RF = (RFLAGS,)
+_NV = {"guard": _not_v86}
+
+
+def _ar_of(seg: str) -> str:
+    return f"GUEST_{seg}_AR_BYTES"
+
+
+# Type
+_g("guest.cs.ar_type", ("GUEST_CS_AR_BYTES", RFLAGS, SEC, CPU), _cs_type, **_NV)
+_g("guest.ss.ar_type", ("GUEST_SS_AR_BYTES", RFLAGS), _ss_type, **_NV)
+for _s in _DATA:
+    _g(f"guest.{_s.lower()}.ar_type", (_ar_of(_s), RFLAGS), _data_type(_s), **_NV)
+# S
+for _s in ("CS", "SS", *_DATA):
+    _reg(_s, "s", _COMMON[_s]["s"], _RF, _not_v86)
+# DPL
+_g("guest.cs.ar_dpl", ("GUEST_CS_AR_BYTES", "GUEST_SS_AR_BYTES", RFLAGS, SEC, CPU), _cs_dpl, **_NV)
+_g("guest.ss.ar_dpl_rpl", ("GUEST_SS_AR_BYTES", "GUEST_SS_SELECTOR", RFLAGS, SEC, CPU), _ss_dpl_rpl, **_NV)
+_g("guest.ss.ar_dpl_zero", ("GUEST_SS_AR_BYTES", "GUEST_CS_AR_BYTES", CR0, RFLAGS), _ss_dpl_zero, **_NV)
+for _s in _DATA:
+    _g(f"guest.{_s.lower()}.ar_dpl", (_ar_of(_s), f"GUEST_{_s}_SELECTOR", RFLAGS, SEC, CPU), _data_dpl(_s), **_NV)
+# P, reserved 11:8
+for _part, _name in (("p", "p"), ("rsvd_lo", "reserved_11_8")):
+    for _s in ("CS", "SS", *_DATA):
+        _reg(_s, _name, _COMMON[_s][_part], _RF, _not_v86)
+# D/B (CS only)
+_g("guest.cs.ar_db", ("GUEST_CS_AR_BYTES", RFLAGS, ENTRY), _cs_db, **_NV)
+# G, reserved 31:17
+for _part, _name in (("g", "g"), ("rsvd_hi", "reserved_31_17")):
+    for _s in ("CS", "SS", *_DATA):
+        _reg(_s, _name, _COMMON[_s][_part], _RF, _not_v86)
+
 
 # TR (always checked)
 _TR_AR = _TR[3]
