@@ -94,6 +94,8 @@ def test_interruptibility_maps_onto_vcpu_events():
     ({"GUEST_INTERRUPTIBILITY_INFO": 4}, "blocking by STI, by MOV SS and by NMI"),
     ({"GUEST_ACTIVITY_STATE": 1}, "1 (HLT) cannot be loaded"),
     ({"GUEST_PENDING_DBG_EXCEPTIONS": 0x4000}, "pending debug exceptions"),
+    ({"TSC_AUX": 1 << 32}, "bits 63:32"),
+    ({"TSC_AUX": 0xFFFFFFFF}, None),
 ])
 def test_check_state(state, words):
     if words is None:

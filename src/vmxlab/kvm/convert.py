@@ -115,6 +115,9 @@ def check_state(state: dict) -> None:
             name = ACTIVITY_STATES.get(value, "reserved")
             raise BadInput(f"{key}: {value} ({name}) cannot be loaded: KVM without an in-kernel "
                            "interrupt controller runs a vCPU only in the active state (0)")
+        if key == "TSC_AUX" and value >> 32:
+            raise BadInput(f"{key}: {value:#x} sets bits 63:32, which are reserved in IA32_TSC_AUX "
+                           "(KVM would drop them)")
         if key == "GUEST_PENDING_DBG_EXCEPTIONS" and value != 0:
             raise BadInput(f"{key}: {value:#x} cannot be loaded: KVM has no user-space view of "
                            "pending debug exceptions (only 0 is accepted)")
@@ -146,7 +149,8 @@ def check_sregs(sregs: abi.kvm_sregs) -> str | None:
         if lma:
             return f"GUEST_IA32_EFER={efer:#x}: LMA=1 needs LME=1 and CR0.PG=1 (GUEST_CR0={cr0:#x})"
         if sregs.cs.l:
-            return "GUEST_CS_AR_BYTES: L=1 outside IA-32e mode (EFER.LME=0 or CR0.PG=0)"
+            return (f"GUEST_CS_AR_BYTES: L=1 outside IA-32e mode (GUEST_IA32_EFER={efer:#x}, "
+                    f"GUEST_CR0={cr0:#x}: IA-32e mode needs EFER.LME=1 and CR0.PG=1)")
     return None
 
 
