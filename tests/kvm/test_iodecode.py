@@ -6,9 +6,12 @@ bit 6 operand encoding (1 = immediate), bits 31:16 port; and the INS/OUTS
 instruction information: bits 9:7 address size (0 16-bit, 1 32-bit, 2 64-bit),
 bits 17:15 segment (0 ES .. 5 GS).
 """
+import itertools
+
 import pytest
 
-from vmxlab.kvm.iodecode import decode, decode_retired_out, matches
+from vmxlab.arch.exits import QUAL_IO
+from vmxlab.kvm.iodecode import IoInstruction, decode, decode_retired_out, matches
 
 
 @pytest.mark.parametrize("code,mode,port,qual,length", [
@@ -99,3 +102,12 @@ def test_retired_out_nothing_fits():
     assert decode_retired_out(bytes.fromhex("9090"), 1, 0x10, dx=0x10) == (None, None)
     assert decode_retired_out(bytes.fromhex("90ee"), 1, 0x10, dx=0x11) == (None, None)
     assert decode_retired_out(bytes.fromhex("90ee"), 2, 0x10, dx=0x10) == (None, None)
+
+
+def test_qualification_bits_agree_with_the_qual_io_layout():
+    for is_in, size, string, rep, imm in itertools.product((False, True), (1, 2, 4), (False, True),
+                                                            (False, True), (False, True)):
+        insn = IoInstruction(is_in, size, string, rep, imm, None, None, None, None)
+        for port in (0, 0x80, 0xFFFF):
+            assert insn.qualification(port) == QUAL_IO.encode(
+                size=size - 1, direction=int(is_in), string=int(string), rep=int(rep), operand=int(imm), port=port)

@@ -41,11 +41,11 @@ class Exit:
     """A VM exit: `reason` (VMX basic exit reason), `qualification`, `rip` (guest RIP
     when KVM reported the exit), `kvm_exit` (the KVM_EXIT_* code)."""
 
-    __slots__ = ("reason", "kvm_exit", "rip", "_serial")
+    __slots__ = ("rip", "_serial")
+    reason: int | None = None
+    kvm_exit: int | None = None
 
-    def __init__(self, reason: int | None, kvm_exit: int | None, rip: int, serial: int):
-        self.reason = reason
-        self.kvm_exit = kvm_exit
+    def __init__(self, rip: int, serial: int):
         self.rip = rip
         self._serial = serial
 
@@ -68,49 +68,46 @@ class Exit:
         return f"<{type(self).__name__} {self.describe()}>"
 
 
-class _Group:
-    """What the exits split from one KVM_EXIT_IO share: the KVM exit they belong to,
-    RDX and RIP at that exit, and the decoded instruction (filled in by the machine
-    on first use)."""
+class HltExit(Exit):
+    __slots__ = ()
+    reason, kvm_exit = X.HLT, abi.KVM_EXIT_HLT
 
-    __slots__ = ("machine", "serial", "is_in", "size", "port", "rip", "rdx", "data", "done", "decoded",
-                 "instruction_address", "note")
 
-    def __init__(self, machine, serial, is_in, size, port, rip, rdx):
-        self.machine, self.serial = machine, serial
-        self.is_in, self.size, self.port, self.rip, self.rdx = is_in, size, port, rip, rdx
-        self.data = b""                 # OUT: the data of the first exit
-        self.done = False
-        self.decoded: IoInstruction | None = None
-        self.instruction_address: int | None = None
-        self.note: str | None = None
+class TripleFaultExit(Exit):
+    __slots__ = ()
+    reason, kvm_exit = X.TRIPLE_FAULT, abi.KVM_EXIT_SHUTDOWN
 
-    def get(self) -> "_Group":
-        if not self.done:
-            self.machine._decode_io(self)
-        return self
+
+class InterruptWindowExit(Exit):
+    __slots__ = ()
+    reason, kvm_exit = X.INTERRUPT_WINDOW, abi.KVM_EXIT_IRQ_WINDOW_OPEN
 
 
 class IoExit(Exit):
     """IN, OUT, INS, OUTS.  A KVM exit with count > 1 (REP INS) becomes `count` exits,
-    one an iteration, as VMX exits once an iteration.
+    one an iteration, as VMX exits once an iteration; they share the first one's
+    decoded instruction.
 
     port, size (bytes), is_in; data: the OUT data, or for IN the reply so far;
     reply(value) supplies IN data (int or `size` bytes)."""
 
-    __slots__ = ("port", "size", "is_in", "_data", "_offset", "_group", "_mm")
+    __slots__ = ("port", "size", "is_in", "rdx", "_m", "_offset", "_data", "_lead",
+                 "_decoded", "_insn", "_address", "_note")
+    reason, kvm_exit = X.IO_INSTRUCTION, abi.KVM_EXIT_IO
 
-    def __init__(self, rip, serial, group, mm, offset, data):
-        super().__init__(X.IO_INSTRUCTION, abi.KVM_EXIT_IO, rip, serial)
-        self.port, self.size, self.is_in = group.port, group.size, group.is_in
-        self._group, self._mm, self._offset, self._data = group, mm, offset, data
+    def __init__(self, rip, serial, machine, port, size, is_in, rdx, offset, data, lead=None):
+        self.rip = rip
+        self._serial = serial
+        self.port, self.size, self.is_in, self.rdx = port, size, is_in, rdx
+        self._m, self._offset, self._data, self._lead = machine, offset, data, lead
+        self._decoded = False
 
     @property
     def data(self) -> bytes:
         if self._data is None:          # IN: what KVM will load (reply or the default)
-            if self._group.machine._serial != self._serial:
+            if self._m._serial != self._serial:
                 raise RuntimeError("the data of an IN exit can be read until the next run()")
-            return bytes(self._mm[self._offset:self._offset + self.size])
+            return self._m._mm[self._offset:self._offset + self.size]
         return self._data
 
     @property
@@ -127,14 +124,20 @@ class IoExit(Exit):
             value = value.to_bytes(self.size, "little")
         elif len(value) != self.size:
             raise ValueError(f"IN reply of {len(value)} bytes for a {self.size}-byte port read")
-        if self._group.machine._serial != self._serial:
+        if self._m._serial != self._serial:
             raise RuntimeError("reply to an exit before the next run()")
-        self._mm[self._offset:self._offset + self.size] = value
+        self._m._mm[self._offset:self._offset + self.size] = value
 
-    # -- from the decoded instruction --
+    # -- from the decoded instruction (machine._decode_io, on first use) --
+    def _decoding(self) -> "IoExit":
+        lead = self._lead or self
+        if not lead._decoded:
+            self._m._decode_io(lead)
+        return lead
+
     @property
     def instruction(self) -> IoInstruction | None:
-        return self._group.get().decoded
+        return self._decoding()._insn
 
     @property
     def string(self) -> bool:
@@ -157,7 +160,7 @@ class IoExit(Exit):
     def instruction_address(self) -> int | None:
         """Guest RIP of the I/O instruction (None when KVM had retired it and its
         start cannot be read back)."""
-        return self._group.get().instruction_address
+        return self._decoding()._address
 
     @property
     def instruction_length(self) -> int | None:
@@ -171,7 +174,7 @@ class IoExit(Exit):
 
     @property
     def decode_note(self) -> str | None:
-        return self._group.get().note
+        return self._decoding()._note
 
     def describe(self) -> str:
         what = "IN" if self.is_in else "OUT"
@@ -187,9 +190,10 @@ class MmioExit(Exit):
     bytes, or for a read the reply so far); reply(value) supplies read data."""
 
     __slots__ = ("gpa", "size", "is_write", "_data", "_mm", "_machine", "_qual")
+    reason, kvm_exit = X.EPT_VIOLATION, abi.KVM_EXIT_MMIO
 
     def __init__(self, rip, serial, machine, mm, gpa, size, is_write, data, qualification):
-        super().__init__(X.EPT_VIOLATION, abi.KVM_EXIT_MMIO, rip, serial)
+        super().__init__(rip, serial)
         self.gpa, self.size, self.is_write = gpa, size, is_write
         self._data, self._mm, self._machine, self._qual = data, mm, machine, qualification
 
@@ -237,11 +241,12 @@ class MsrExit(Exit):
     (WRMSR: EDX:EAX), kvm_reason (KVM_MSR_EXIT_REASON_*).  reply(value) answers a
     RDMSR (or accepts a WRMSR); inject_gp() makes the instruction raise #GP(0)."""
 
-    __slots__ = ("index", "value", "kvm_reason", "_mm", "_machine", "answer")
+    __slots__ = ("reason", "kvm_exit", "index", "value", "kvm_reason", "_mm", "_machine", "answer")
 
     def __init__(self, is_write, rip, serial, machine, mm, index, value, kvm_reason):
-        super().__init__(X.MSR_WRITE if is_write else X.MSR_READ,
-                         abi.KVM_EXIT_X86_WRMSR if is_write else abi.KVM_EXIT_X86_RDMSR, rip, serial)
+        super().__init__(rip, serial)
+        self.reason = X.MSR_WRITE if is_write else X.MSR_READ
+        self.kvm_exit = abi.KVM_EXIT_X86_WRMSR if is_write else abi.KVM_EXIT_X86_RDMSR
         self.index, self.value, self.kvm_reason = index, value, kvm_reason
         self._mm, self._machine = mm, machine
         self.answer = "#GP"
@@ -287,12 +292,13 @@ class KvmReport(Exit):
     instruction bytes), hardware_reason (KVM_EXIT_UNKNOWN / FAIL_ENTRY), errno
     (KVM_RUN failed), message (one line saying all of it)."""
 
-    __slots__ = ("kvm_exit_name", "suberror", "data", "insn_bytes", "hardware_reason", "errno",
+    __slots__ = ("kvm_exit", "kvm_exit_name", "suberror", "data", "insn_bytes", "hardware_reason", "errno",
                  "message", "watchdog")
 
     def __init__(self, kvm_exit, rip, serial, message, *, suberror=None, data=(), insn_bytes=None,
                  hardware_reason=None, errno=None, watchdog=False):
-        super().__init__(None, kvm_exit, rip, serial)
+        super().__init__(rip, serial)
+        self.kvm_exit = kvm_exit
         self.kvm_exit_name = abi.EXIT_NAMES.get(kvm_exit, f"KVM_EXIT_{kvm_exit}") if kvm_exit is not None else None
         self.suberror, self.data, self.insn_bytes = suberror, tuple(data), insn_bytes
         self.hardware_reason, self.errno, self.message = hardware_reason, errno, message

@@ -17,7 +17,7 @@ Two situations (see machine.py for which applies when):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..arch.exits import INFO_INS_OUTS, QUAL_IO
 
@@ -33,11 +33,12 @@ _OPCODES = {
     0x6E: (False, True, True, False), 0x6F: (False, False, True, False),
 }
 _ADDRESS_SIZE_CODE = {16: 0, 32: 1, 64: 2}
+_Q_SIZE, _Q_DIRECTION, _Q_STRING, _Q_REP, _Q_OPERAND, _Q_PORT = (
+    QUAL_IO[name].lo for name in ("size", "direction", "string", "rep", "operand", "port"))
 SEG_ES, SEG_DS = 0, 3
 
 
-@dataclass(frozen=True)
-class IoInstruction:
+class IoInstruction(NamedTuple):
     is_in: bool
     size: int                    # operand size in bytes: 1, 2 or 4
     string: bool                 # INS / OUTS
@@ -49,10 +50,10 @@ class IoInstruction:
     segment: int | None          # segment register number of the source (OUTS), ES for INS
 
     def qualification(self, port: int) -> int:
-        """The exit qualification (SDM "Exit Qualification for I/O Instructions")."""
-        return QUAL_IO.encode(size=self.size - 1, direction=1 if self.is_in else 0,
-                              string=int(self.string), rep=int(self.rep),
-                              operand=int(self.immediate), port=port)
+        """The exit qualification (SDM "Exit Qualification for I/O Instructions"), with
+        the bit positions of arch/exits.QUAL_IO."""
+        return (((self.size - 1) << _Q_SIZE) | (self.is_in << _Q_DIRECTION) | (self.string << _Q_STRING)
+                | (self.rep << _Q_REP) | (self.immediate << _Q_OPERAND) | ((port & 0xFFFF) << _Q_PORT))
 
     def instruction_info(self) -> int | None:
         """VM-exit instruction information of INS/OUTS (address size, segment), or None."""

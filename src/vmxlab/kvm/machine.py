@@ -48,6 +48,7 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 import time
 import weakref
 from collections import deque
@@ -55,11 +56,11 @@ from collections import deque
 from ..arch import exits as X
 from ..arch.events import ERROR_CODE_VECTORS, exception_name
 from ..arch.msrs import EFER_LMA, X2APIC_FIRST, X2APIC_LAST
-from ..arch.registers import CR0_PE, RFLAGS_VM
+from ..arch.registers import CR0_PE, RFLAGS_DF, RFLAGS_VM
 from ..errors import BadInput
 from ..machine import state as S
 from . import abi, convert, iodecode
-from .exits import Exit, IoExit, KvmReport, MmioExit, MsrExit, _Group
+from .exits import Exit, HltExit, InterruptWindowExit, IoExit, KvmReport, MmioExit, MsrExit, TripleFaultExit
 from .system import KvmError, KvmUnavailable, errname, ioctl, ioctl_ulong, shared_kvm
 from .watchdog import WATCHDOG, Slot
 
@@ -75,7 +76,16 @@ _mmio = struct.Struct("<Q8sIB").unpack_from          # struct kvm_run.mmio
 _msr = struct.Struct("<B7xIIQ").unpack_from          # struct kvm_run.msr
 _rdx_rip = struct.Struct("<Q96xQ").unpack_from       # kvm_run->s.regs: rdx .. rip
 _monotonic = time.monotonic
+_get_ident = threading.get_ident
 _ioctl = fcntl.ioctl
+_KVM_RUN = abi.KVM_RUN
+_EINTR = _errno.EINTR
+_RUN_IMMEDIATE_EXIT = abi.RUN_IMMEDIATE_EXIT
+_RUN_REQUEST_INTERRUPT_WINDOW = abi.RUN_REQUEST_INTERRUPT_WINDOW
+_RUN_EXIT_REASON = abi.RUN_EXIT_REASON
+_RUN_IO = abi.RUN_IO_DIRECTION
+_RUN_SYNC_RDX = abi.RUN_SYNC_REGS + abi.kvm_regs.rdx.offset
+_KVM_EXIT_IO = abi.KVM_EXIT_IO
 
 _QUAL_READ = X.QUAL_EPT_VIOLATION.encode(read=1)
 _QUAL_WRITE = X.QUAL_EPT_VIOLATION.encode(write=1)
@@ -123,7 +133,8 @@ class KvmMachine:
 
     def __init__(self, memory_size: int = 0, *, timeout: float = DEFAULT_TIMEOUT):
         self.timeout = timeout
-        self.interrupt_window_exiting = False
+        self._window_exiting = False
+        self._irq_work = False            # queued interrupts or a window to ask KVM for
         self._kvm = shared_kvm()
         self._res = res = _Resources()
         self._finalizer = weakref.finalize(self, res.close)
@@ -160,7 +171,8 @@ class KvmMachine:
         self._completion = None           # (serial, rip after, continued) of the last completion
         self._queue: deque[Exit] = deque()
         self._irq_queue: deque[int] = deque()
-        self._ready_valid = False         # kvm_run's ready_for_interrupt_injection is current
+        self._fresh = False               # kvm_run (s.regs, ready_for_interrupt_injection) is
+                                          # current: no state change since KVM's last report
         self._msr_filter_keep = None
         if memory_size:
             self.add_memory(0, memory_size)
@@ -249,7 +261,12 @@ class KvmMachine:
                                f"(access [{gpa:#x}, +{n:#x}))")
 
     def phys_read(self, gpa: int, n: int) -> bytes:
-        return b"".join(bytes(m.mm[off:off + take]) for m, off, take in self._spans(gpa, n))
+        if type(gpa) is int and type(n) is int and n >= 0:
+            for m in self._memory:        # the common case: inside one slot
+                off = gpa - m.gpa
+                if 0 <= off and off + n <= m.size:
+                    return m.mm[off:off + n]
+        return b"".join(m.mm[off:off + take] for m, off, take in self._spans(gpa, n))
 
     def phys_write(self, gpa: int, data: bytes) -> None:
         data = bytes(data)
@@ -263,9 +280,9 @@ class KvmMachine:
         (KVM_TRANSLATE), or None when it is not mapped."""
         t = abi.kvm_translation(linear_address=linear & 0xFFFFFFFFFFFFFFFF)
         try:
-            self._vcpu(abi.KVM_TRANSLATE, t, "KVM_TRANSLATE")
-        except KvmError:
-            return None
+            fcntl.ioctl(self._fd, abi.KVM_TRANSLATE, t, True)
+        except OSError:
+            return None                   # e.g. a non-canonical address
         return t.physical_address if t.valid else None
 
     def read_virtual(self, linear: int, n: int) -> bytes:
@@ -334,7 +351,7 @@ class KvmMachine:
         self._settle()
         self._serial += 1                  # outstanding exits can no longer be answered
         self._completion = None
-        self._ready_valid = False
+        self._fresh = False
         keys = state.keys()
         if any(k in keys for k in convert.SREGS_KEYS):
             sregs = abi.kvm_sregs()
@@ -414,6 +431,18 @@ class KvmMachine:
         if isinstance(vector, bool) or not isinstance(vector, int) or not 32 <= vector <= 255:
             raise BadInput(f"external interrupt vector {vector!r} is not in 32..255")
         self._irq_queue.append(vector)
+        self._irq_work = True
+
+    @property
+    def interrupt_window_exiting(self) -> bool:
+        """Like the VMX control "interrupt-window exiting": run() returns an
+        INTERRUPT_WINDOW exit when the guest can take an external interrupt."""
+        return self._window_exiting
+
+    @interrupt_window_exiting.setter
+    def interrupt_window_exiting(self, on: bool) -> None:
+        self._window_exiting = bool(on)
+        self._irq_work = True
 
     def inject_exception(self, vector: int, error_code: int | None = None) -> None:
         """A hardware exception delivered at the next run() (KVM_SET_VCPU_EVENTS,
@@ -446,16 +475,17 @@ class KvmMachine:
         the protocol is followed strictly and a flag older than the last state change
         does not count."""
         mm = self._mm
-        if self._irq_queue and self._ready_valid and mm[abi.RUN_READY_FOR_INTERRUPT_INJECTION]:
+        if self._irq_queue and self._fresh and mm[abi.RUN_READY_FOR_INTERRUPT_INJECTION]:
             try:
                 fcntl.ioctl(self._fd, abi.KVM_INTERRUPT, abi.kvm_interrupt(self._irq_queue[0]), True)
             except OSError as e:
-                if e.errno != _errno.EEXIST:
+                if e.errno != _errno.EEXIST:      # EEXIST: KVM still holds the previous one
                     raise KvmError(f"KVM_INTERRUPT failed ({errname(e.errno)})") from None
             else:
                 self._irq_queue.popleft()
-            self._ready_valid = False          # one vector per entry
-        mm[abi.RUN_REQUEST_INTERRUPT_WINDOW] = 1 if (self._irq_queue or self.interrupt_window_exiting) else 0
+        want = bool(self._irq_queue) or self._window_exiting
+        mm[_RUN_REQUEST_INTERRUPT_WINDOW] = 1 if want else 0
+        self._irq_work = want
 
     # ---- MSR interception --------------------------------------------------------------
     def intercept_msrs(self, read=(), write=(), *, unknown: bool = False) -> None:
@@ -499,15 +529,20 @@ class KvmMachine:
             raise KvmError("the machine is closed")
         limit = self.timeout if timeout is None else timeout
         deadline = _monotonic() + limit
-        slot = self._slot
+        slot, mm = self._slot, self._mm
         while True:
-            if self._irq_queue or self.interrupt_window_exiting or self._mm[abi.RUN_REQUEST_INTERRUPT_WINDOW]:
+            if self._irq_work:
                 self._prepare_interrupts()
-            generation = slot.arm(deadline)
+            # watchdog.Slot.arm(), inlined: this is the hot path
+            mm[_RUN_IMMEDIATE_EXIT] = 0
+            slot.tid = _get_ident()
+            slot.generation = generation = slot.generation + 1
+            slot.deadline = deadline
             try:
-                _ioctl(fd, abi.KVM_RUN, 0)
+                _ioctl(fd, _KVM_RUN, 0)
             except OSError as e:
-                if e.errno == _errno.EINTR:
+                slot.deadline = 0.0
+                if e.errno == _EINTR:
                     self._pending = False
                     if slot.fired == generation or _monotonic() >= deadline:
                         return self._watchdog_report(limit)
@@ -516,10 +551,35 @@ class KvmMachine:
             finally:
                 slot.deadline = 0.0
             self._serial += 1
-            self._ready_valid = True
-            ex = self._exit(_u32(self._mm, abi.RUN_EXIT_REASON)[0])
+            self._fresh = True
+            code = _u32(mm, _RUN_EXIT_REASON)[0]
+            if code == _KVM_EXIT_IO:
+                return self._io_exit(mm)
+            ex = self._exit(code)
             if ex is not None:
                 return ex
+
+    def _io_exit(self, mm) -> IoExit:
+        self._pending = True
+        direction, size, port, count, offset = _io(mm, _RUN_IO)
+        if self._sync:
+            rdx, rip = _rdx_rip(mm, _RUN_SYNC_RDX)
+        else:
+            regs = abi.kvm_regs()
+            self._vcpu(abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
+            rdx, rip = regs.rdx, regs.rip
+        serial = self._serial
+        if direction:                      # KVM_EXIT_IO_OUT
+            first = IoExit(rip, serial, self, port, size, False, rdx, offset, mm[offset:offset + size])
+            for i in range(1, count):
+                o = offset + i * size
+                self._queue.append(IoExit(rip, serial, self, port, size, False, rdx, o, mm[o:o + size], first))
+        else:
+            mm[offset:offset + size * count] = b"\xff" * (size * count)     # unanswered: all ones
+            first = IoExit(rip, serial, self, port, size, True, rdx, offset, None)
+            for i in range(1, count):
+                self._queue.append(IoExit(rip, serial, self, port, size, True, rdx, offset + i * size, None, first))
+        return first
 
     def _complete(self) -> Exit | None:
         """KVM_RUN with immediate_exit: KVM finishes the pending instruction and returns
@@ -540,13 +600,13 @@ class KvmMachine:
             mm[abi.RUN_IMMEDIATE_EXIT] = 0
         if err == _errno.EINTR:
             self._pending = False
-            regs = abi.kvm_regs()
-            self._vcpu(abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
-            self._completion = (serial, regs.rip, False)
+            self._fresh = True
+            self._completion = (serial, self._regs_now().rip, False)
             return None
         if err:
             raise KvmError(f"KVM_RUN (completing the exiting instruction) failed ({errname(err)})")
         self._serial += 1
+        self._fresh = True
         ex = self._exit(_u32(mm, abi.RUN_EXIT_REASON)[0])
         self._completion = (serial, None, True)
         return ex
@@ -561,28 +621,7 @@ class KvmMachine:
     def _exit(self, code: int) -> Exit | None:
         mm = self._mm
         if code == abi.KVM_EXIT_IO:
-            self._pending = True
-            direction, size, port, count, offset = _io(mm, abi.RUN_IO_DIRECTION)
-            if self._sync:
-                rdx, rip = _rdx_rip(mm, abi.RUN_SYNC_REGS + abi.kvm_regs.rdx.offset)
-            else:
-                regs = abi.kvm_regs()
-                self._vcpu(abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
-                rdx, rip = regs.rdx, regs.rip
-            serial = self._serial
-            group = _Group(self, serial, direction == abi.KVM_EXIT_IO_IN, size, port, rip, rdx)
-            if direction == abi.KVM_EXIT_IO_IN:
-                mm[offset:offset + size * count] = b"\xff" * (size * count)
-                first = IoExit(rip, serial, group, mm, offset, None)
-                for i in range(1, count):
-                    self._queue.append(IoExit(rip, serial, group, mm, offset + i * size, None))
-            else:
-                group.data = mm[offset:offset + size]
-                first = IoExit(rip, serial, group, mm, offset, group.data)
-                for i in range(1, count):
-                    o = offset + i * size
-                    self._queue.append(IoExit(rip, serial, group, mm, o, mm[o:o + size]))
-            return first
+            return self._io_exit(mm)
         if code == abi.KVM_EXIT_MMIO:
             self._pending = True
             gpa, data, length, is_write = _mmio(mm, abi.RUN_MMIO_PHYS_ADDR)
@@ -598,7 +637,7 @@ class KvmMachine:
             return MmioExit(self._rip(), self._serial, self, mm, gpa, length, bool(is_write), data, qual)
         if code == abi.KVM_EXIT_HLT:
             self._pending = False
-            return Exit(X.HLT, code, self._rip(), self._serial)
+            return HltExit(self._rip(), self._serial)
         if code in (abi.KVM_EXIT_X86_RDMSR, abi.KVM_EXIT_X86_WRMSR):
             self._pending = True
             _, reason, index, data = _msr(mm, abi.RUN_MSR_ERROR)
@@ -608,13 +647,12 @@ class KvmMachine:
                            data if is_write else None, reason)
         if code == abi.KVM_EXIT_SHUTDOWN:
             self._pending = False
-            return Exit(X.TRIPLE_FAULT, code, self._rip(), self._serial)
+            return TripleFaultExit(self._rip(), self._serial)
         if code == abi.KVM_EXIT_IRQ_WINDOW_OPEN:
             self._pending = False
-            if self.interrupt_window_exiting:
-                return Exit(X.INTERRUPT_WINDOW, code, self._rip(), self._serial)
-            if not self._irq_queue:
-                mm[abi.RUN_REQUEST_INTERRUPT_WINDOW] = 0
+            self._irq_work = True              # the queued interrupt goes in on the next entry
+            if self._window_exiting:
+                return InterruptWindowExit(self._rip(), self._serial)
             return None                        # the queued interrupt goes in on the next entry
         self._pending = False
         return self._report(code)
@@ -681,8 +719,8 @@ class KvmMachine:
                          "(e.g. VMCALL at CPL0 on PVM hosts)", watchdog=True)
 
     # ---- the I/O instruction behind an IO exit ------------------------------------------
-    def _decode_io(self, group: _Group) -> None:
-        """Fill group.decoded / instruction_address / note (exits.IoExit.qualification).
+    def _decode_io(self, ex: IoExit) -> None:
+        """Fill ex._insn, ex._address, ex._note (IoExit.qualification and friends).
 
         Where RIP stands at a KVM_EXIT_IO (arch/x86/kvm/x86.c):
         - IN/INS: at the instruction; KVM finishes it on the next KVM_RUN with the data.
@@ -696,14 +734,16 @@ class KvmMachine:
         RIP, or an OUT/OUTS ending at RIP.  When both fit (a retired OUT/OUTS right
         before a REP OUTS to the same port), the data decides: memory at [RSI-size]
         for OUTS, AL/AX/EAX for OUT; a tie is taken as the REP OUTS, with a note."""
-        if group.serial != self._serial and (self._completion is None or self._completion[0] != group.serial):
+        if ex._serial != self._serial and (self._completion is None or self._completion[0] != ex._serial):
             raise RuntimeError("the qualification of an I/O exit is decoded from the guest at its exit: "
                                "read it before the next run() or set_state()")
-        group.done = True
         sregs = abi.kvm_sregs()
         self._vcpu(abi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
-        regs = abi.kvm_regs()
-        self._vcpu(abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
+        if not ex.is_in and (self._completion is None or self._completion[0] != ex._serial):
+            continued = self._complete()
+            if continued is not None:
+                self._queue.append(continued)
+        regs = self._regs_now()
         if not sregs.cr0 & CR0_PE or regs.rflags & RFLAGS_VM:
             mode = 16
         elif sregs.efer & EFER_LMA and sregs.cs.l:
@@ -711,37 +751,35 @@ class KvmMachine:
         else:
             mode = 32 if sregs.cs.db else 16
         cs_base = 0 if mode == 64 else sregs.cs.base
-        here = iodecode.decode(self.read_virtual(cs_base + group.rip, 15), mode)
-        here_ok = iodecode.matches(here, group.is_in, group.size, group.port, group.rdx)
-        if group.is_in:
+        code = self.read_virtual(cs_base + ex.rip - 2, 17)      # 2 bytes before RIP, 15 from it
+        if len(code) < 2:                                         # RIP-2 on an unmapped page
+            code = b"\0\0" + self.read_virtual(cs_base + ex.rip, 15)
+        here = iodecode.decode(code[2:], mode)
+        here_ok = iodecode.matches(here, ex.is_in, ex.size, ex.port, ex.rdx)
+        ex._decoded = True
+        if ex.is_in:
             if here_ok:
-                group.decoded, group.instruction_address = here, group.rip
+                ex._insn, ex._address, ex._note = here, ex.rip, None
             else:
-                group.note = f"no matching IN/INS at rip {group.rip:#x}; bits 4-6 left 0"
+                ex._insn, ex._address, ex._note = None, None, f"no matching IN/INS at rip {ex.rip:#x}; bits 4-6 left 0"
             return
-        if self._completion is None or self._completion[0] != group.serial:
-            continued = self._complete()
-            if continued is not None:
-                self._queue.append(continued)
         _, rip_after, continued = self._completion
-        if continued or rip_after != group.rip:          # the fast path: RIP was at the OUT
+        if continued or rip_after != ex.rip:             # the fast path: RIP was at the OUT
             if here_ok:
-                group.decoded, group.instruction_address = here, group.rip
+                ex._insn, ex._address, ex._note = here, ex.rip, None
             else:
-                group.note = f"no matching OUT at rip {group.rip:#x}; bits 4-6 left 0"
+                ex._insn, ex._address, ex._note = None, None, f"no matching OUT at rip {ex.rip:#x}; bits 4-6 left 0"
             return
         rep_here = here if here_ok and here.rep else None
-        before = self.read_virtual(cs_base + group.rip - 2, 2)
-        retired, note = iodecode.decode_retired_out(before, group.size, group.port, group.rdx)
+        retired, note = iodecode.decode_retired_out(code[:2], ex.size, ex.port, ex.rdx)
         if rep_here is not None and retired is not None:
-            mask = (1 << (8 * group.size)) - 1
-            data = group.data
-            step = -group.size if not regs.rflags & 0x400 else group.size
+            mask = (1 << (8 * ex.size)) - 1
+            step = -ex.size if not regs.rflags & RFLAGS_DF else ex.size
             rsi_mask = (1 << rep_here.address_size) - 1
             source = self.read_virtual(self._segment_base(sregs, rep_here.segment, mode)
-                                       + ((regs.rsi + step) & rsi_mask), group.size)
-            from_memory = source == data
-            from_rax = data == (regs.rax & mask).to_bytes(group.size, "little")
+                                       + ((regs.rsi + step) & rsi_mask), ex.size)
+            from_memory = source == ex._data
+            from_rax = ex._data == (regs.rax & mask).to_bytes(ex.size, "little")
             retired_fits = from_memory if retired.string else from_rax
             if retired_fits and not from_memory:
                 rep_here = None
@@ -749,11 +787,20 @@ class KvmMachine:
                 note = ("an OUT/OUTS to the same port ends where this REP OUTS starts and the data fits "
                         "both; taken as the REP OUTS") if retired_fits else None
         if rep_here is not None:
-            group.decoded, group.instruction_address, group.note = rep_here, group.rip, note
+            ex._insn, ex._address, ex._note = rep_here, ex.rip, note
         elif retired is not None:
-            group.decoded, group.note = retired, note
+            ex._insn, ex._address, ex._note = retired, None, note
         else:
-            group.note = f"no OUT/OUTS at or just before rip {group.rip:#x}; bits 4-6 left 0"
+            ex._insn, ex._address, ex._note = None, None, f"no OUT/OUTS at or just before rip {ex.rip:#x}; bits 4-6 left 0"
+
+    def _regs_now(self) -> abi.kvm_regs:
+        """The registers as they are now: kvm_run->s.regs (KVM stores them at the end of
+        every KVM_RUN, -EINTR included) unless a state change came after."""
+        if self._sync and self._fresh:
+            return abi.kvm_regs.from_buffer_copy(self._mm, abi.RUN_SYNC_REGS)
+        regs = abi.kvm_regs()
+        self._vcpu(abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
+        return regs
 
     @staticmethod
     def _segment_base(sregs, segment: int | None, mode: int) -> int:
