@@ -423,6 +423,10 @@ def test_partial_set_state_changes_only_its_keys():
 
 
 @pytest.mark.parametrize("state,words", [
+    # refused by a later group: the segments, registers and debug registers loaded
+    # before it are put back
+    ({"GUEST_FS_BASE": 0x1000, "RAX": 7, "DR0": 0x5000, "STAR": 1, "LSTAR": 1 << 63}, "LSTAR=0x8000000000000000"),
+    ({"GUEST_CS_SELECTOR": 0x1B, "RBX": 9, "XCR0": 0}, "XCR0=0x0"),
     ({"GUEST_CR0": 0x80000011, "GUEST_IA32_EFER": 0}, "L=1 outside IA-32e mode (GUEST_IA32_EFER=0x0"),
     ({"GUEST_CR0": 0x80000000}, "PG=1 with PE=0"),
     ({"GUEST_CR4": 0x620 | 1 << 31}, "KVM_SET_SREGS refuses"),

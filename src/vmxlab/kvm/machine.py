@@ -39,6 +39,23 @@ What KVM does differently from a VMX processor, and how it shows here:
   controller, an activity state other than active: set_state() refuses other
   values of those keys (BadInput).  GUEST_IA32_DEBUGCTL writes are accepted and
   dropped by KVM on these hosts.
+
+Measured on the PVM hosts (kvm_pvm, ../shared/notes/kvm.md) while building this:
+- KVM_INTERRUPT delivers its vector at the next entry even with RFLAGS.IF=0; run()
+  therefore hands KVM an interrupt only when the last exit reported
+  ready_for_interrupt_injection, and otherwise asks for an interrupt window.
+- An interrupt window is reported at KVM's next kernel-internal exit (a host timer
+  tick, ~1 ms), not at the first instruction boundary where it opens; a guest that
+  reaches an exit to user space first (I/O, HLT) is not interrupted before it.
+- Code at CPL3 does not keep RFLAGS.IOPL (it reads 0 once the guest has run there,
+  also in the image pushed on an exception), and its I/O permission is the host's,
+  not the guest's: ports below 0x340 exit to user space even with IOPL=0, ports
+  from 0x340 raise #GP even with IOPL=3.
+- Exception frames pushed for faults at CPL3, and for an MSR access answered with
+  #GP, have RFLAGS.RF=1 in the image.
+- KVM_SET_MSRS keeps an IA32_PAT value with reserved memory types, drops bits 63:32
+  of IA32_TSC_AUX (so set_state() refuses them, as WRMSR would), and KVM_SET_SREGS
+  keeps reserved EFER bits.
 """
 from __future__ import annotations
 
@@ -344,18 +361,33 @@ class KvmMachine:
     def set_state(self, state: dict) -> None:
         """Load any subset of the snapshot keys; the others keep their values.
 
-        Values are checked first (BadInput naming the key); control registers,
+        Values are checked first (BadInput naming the key).  Control registers,
         segments and EFER go in one KVM_SET_SREGS, which KVM applies entirely or not
-        at all, and before anything else."""
+        at all; the other groups follow (KVM_SET_REGS, _DEBUGREGS, _MSRS, _XCRS,
+        _VCPU_EVENTS, _MP_STATE).  If KVM refuses one, the groups already loaded are
+        put back: a refused state changes nothing."""
         convert.check_state(state)
         self._settle()
         self._serial += 1                  # outstanding exits can no longer be answered
         self._completion = None
         self._fresh = False
         keys = state.keys()
+        undo: list[tuple[int, object]] = []
+        try:
+            self._load(state, keys, undo)
+        except BaseException:
+            for request, old in reversed(undo):
+                try:
+                    fcntl.ioctl(self._fd, request, old, True)
+                except OSError:
+                    pass
+            raise
+
+    def _load(self, state: dict, keys, undo: list) -> None:
         if any(k in keys for k in convert.SREGS_KEYS):
-            sregs = abi.kvm_sregs()
-            self._vcpu(abi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
+            old = abi.kvm_sregs()
+            self._vcpu(abi.KVM_GET_SREGS, old, "KVM_GET_SREGS")
+            sregs = abi.kvm_sregs.from_buffer_copy(old)
             convert.sregs_from_state(sregs, state)
             why = convert.check_sregs(sregs)
             if why:
@@ -366,31 +398,44 @@ class KvmMachine:
                 raise BadInput(f"KVM_SET_SREGS refuses the control registers, EFER or segments "
                                f"({errname(e.errno)}); CR4={sregs.cr4:#x} may set bits this vCPU's CPUID "
                                "does not allow") from None
+            undo.append((abi.KVM_SET_SREGS, old))
         if any(k in keys for k in convert.REGS_KEYS):
-            regs = abi.kvm_regs()
-            self._vcpu(abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
+            old = abi.kvm_regs()
+            self._vcpu(abi.KVM_GET_REGS, old, "KVM_GET_REGS")
+            regs = abi.kvm_regs.from_buffer_copy(old)
             convert.regs_from_state(regs, state)
             self._vcpu(abi.KVM_SET_REGS, regs, "KVM_SET_REGS")
+            undo.append((abi.KVM_SET_REGS, old))
         if any(k in keys for k in convert.DEBUGREGS_KEYS):
-            dr = abi.kvm_debugregs()
-            self._vcpu(abi.KVM_GET_DEBUGREGS, dr, "KVM_GET_DEBUGREGS")
+            old = abi.kvm_debugregs()
+            self._vcpu(abi.KVM_GET_DEBUGREGS, old, "KVM_GET_DEBUGREGS")
+            old.flags = 0
+            dr = abi.kvm_debugregs.from_buffer_copy(old)
             convert.debugregs_from_state(dr, state)
-            dr.flags = 0
             try:
                 fcntl.ioctl(self._fd, abi.KVM_SET_DEBUGREGS, dr, True)
             except OSError as e:
                 raise BadInput(f"KVM_SET_DEBUGREGS refuses DR6={dr.dr6:#x} DR7={dr.dr7:#x} "
                                f"({errname(e.errno)}): bits 63:32 of DR6 and DR7 must be 0") from None
+            undo.append((abi.KVM_SET_DEBUGREGS, old))
         items = [(k, idx) for k, idx in _MSR_ORDER if k in keys]
         if items:
+            old = abi.msrs(len(items))
+            for i, (_, idx) in enumerate(items):
+                old.entries[i].index = idx
+            if self._vcpu(abi.KVM_GET_MSRS, old, "KVM_GET_MSRS") != len(items):
+                raise KvmError("KVM_GET_MSRS could not read the MSRs of the state")
             m = abi.msrs(len(items))
             for i, (k, idx) in enumerate(items):
                 m.entries[i].index, m.entries[i].data = idx, state[k]
             n = self._vcpu(abi.KVM_SET_MSRS, m, "KVM_SET_MSRS")
+            undo.append((abi.KVM_SET_MSRS, old))
             if n != len(items):
                 k, idx = items[n]
                 raise BadInput(f"KVM refuses {k}={state[k]:#x} (MSR {idx:#x}, KVM_SET_MSRS)")
         if "XCR0" in keys:
+            old = abi.kvm_xcrs()
+            self._vcpu(abi.KVM_GET_XCRS, old, "KVM_GET_XCRS")
             x = abi.kvm_xcrs(nr_xcrs=1)
             x.xcrs[0].xcr, x.xcrs[0].value = 0, state["XCR0"]
             try:
@@ -398,11 +443,14 @@ class KvmMachine:
             except OSError as e:
                 raise BadInput(f"KVM refuses XCR0={state['XCR0']:#x} ({errname(e.errno)}): bit 0 must be 1 "
                                "and every bit must be an XSAVE component this vCPU's CPUID offers") from None
+            undo.append((abi.KVM_SET_XCRS, old))
         if "GUEST_INTERRUPTIBILITY_INFO" in keys:
-            ev = abi.kvm_vcpu_events()
-            self._vcpu(abi.KVM_GET_VCPU_EVENTS, ev, "KVM_GET_VCPU_EVENTS")
+            old = abi.kvm_vcpu_events()
+            self._vcpu(abi.KVM_GET_VCPU_EVENTS, old, "KVM_GET_VCPU_EVENTS")
+            ev = abi.kvm_vcpu_events.from_buffer_copy(old)
             convert.interruptibility_to_events(ev, state["GUEST_INTERRUPTIBILITY_INFO"])
             self._vcpu(abi.KVM_SET_VCPU_EVENTS, ev, "KVM_SET_VCPU_EVENTS")
+            undo.append((abi.KVM_SET_VCPU_EVENTS, old))
         if "GUEST_ACTIVITY_STATE" in keys:      # check_state allowed only 0 (active)
             mp = abi.kvm_mp_state()
             self._vcpu(abi.KVM_GET_MP_STATE, mp, "KVM_GET_MP_STATE")
