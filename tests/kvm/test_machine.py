@@ -462,6 +462,20 @@ def test_watchdog_ends_a_livelocked_guest():
             assert (s["GUEST_RIP"], s["RAX"]) == (CODE + 5, 12)
             m.set_state({"GUEST_RIP": CODE + 8})                 # step over the 3-byte VMCALL
             assert m.run().reason == X.HLT
+        else:                                                    # KVM answered the hypercall
+            assert e.reason == X.HLT
+
+
+def test_watchdog_in_another_thread():
+    import threading
+    result = []
+    with long_mode_machine("mov eax, 12\nvmcall\nhlt") as m:
+        worker = threading.Thread(target=lambda: result.append(m.run(timeout=0.2)))
+        worker.start()
+        worker.join(5)
+        assert not worker.is_alive()
+        e = result[0]
+        assert e.reason == X.HLT or (e.name == "WATCHDOG" and e.rip == CODE + 5)
 
 
 def test_internal_error_report():

@@ -589,7 +589,6 @@ class KvmMachine:
             try:
                 _ioctl(fd, _KVM_RUN, 0)
             except OSError as e:
-                slot.deadline = 0.0
                 if e.errno == _EINTR:
                     self._pending = False
                     if slot.fired == generation or _monotonic() >= deadline:

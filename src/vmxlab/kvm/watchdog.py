@@ -49,18 +49,13 @@ class Slot:
         self.fired = -1              # generation the watchdog last fired for
 
     def arm(self, deadline: float) -> int:
+        """Before KVM_RUN (KvmMachine.run() does the same inline); after it the caller
+        sets deadline = 0.0, and an EINTR is the watchdog's when fired == generation."""
         self.run_mm[abi.RUN_IMMEDIATE_EXIT] = 0
         self.tid = threading.get_ident()
         self.generation += 1
         self.deadline = deadline
         return self.generation
-
-    def disarm(self) -> None:
-        self.deadline = 0.0
-
-    def expired(self, generation: int) -> bool:
-        """Whether the watchdog fired for the run armed with this generation."""
-        return self.fired == generation
 
 
 class _Watchdog:
