@@ -1,2 +1,1 @@
-"""vmxlab benchmarks: `python -m bench` runs every module here that has main();
-`python -m bench.NAME` runs one."""
+"""Benchmarks: `python -m bench.<name>` from the repository root."""

@@ -1,13 +1,9 @@
-"""Run every benchmark module of this package (each module with a main())."""
+"""`python -m bench` (make bench): every benchmark module in bench/, each with main()."""
 import importlib
 import pkgutil
 
 import bench
 
-for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda i: i.name):
-    if info.name.startswith("_"):
-        continue
-    module = importlib.import_module(f"bench.{info.name}")
-    if hasattr(module, "main"):
-        print(f"== bench.{info.name}")
-        module.main()
+for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
+    if not info.name.startswith("_"):
+        importlib.import_module(f"bench.{info.name}").main([])
