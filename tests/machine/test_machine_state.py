@@ -52,3 +52,15 @@ def test_compatibility_mode_code_segment_from_state():
     st = e.m.run(time_budget=2)
     assert st.reason == StopReason.HALTED
     assert e.reg("RAX") == 0x11111110
+
+
+def test_set_state_accepts_a_subset():
+    e = H.Env()
+    before = e.m.get_state()
+    e.m.set_state({"RAX": 0x1234, "GUEST_RIP": 0x40100})
+    after = e.m.get_state()
+    assert after["RAX"] == 0x1234 and after["GUEST_RIP"] == 0x40100
+    assert {k for k in after if after[k] != before[k]} == {"RAX", "GUEST_RIP"}
+    import pytest
+    with pytest.raises(KeyError):
+        e.m.set_state({"NOT_A_REGISTER": 1})

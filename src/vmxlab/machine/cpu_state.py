@@ -42,6 +42,7 @@ _MSR_KEYS = (("GUEST_IA32_DEBUGCTL", M.IA32_DEBUGCTL), ("GUEST_SYSENTER_CS", M.I
              ("FMASK", M.IA32_FMASK), ("TSC_AUX", M.IA32_TSC_AUX))
 
 
+_KEYSET = frozenset(KEYS)
 _GPR_KEYS = tuple({"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLAGS"}.get(n, n)
                   for n in REG.GPRS_NAMES)
 _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
@@ -103,7 +104,8 @@ class StateAccess:
         return io
 
     def set_state(self, s: dict[str, int]) -> None:
-        """Load a snapshot (every key of state.KEYS must be present).
+        """Load a snapshot: every key of state.KEYS, or any subset (the other
+        registers keep their values, as with the KVM backend's set_state).
 
         Values are loaded as given: this is the processor's state, not an
         instruction; consistency is the caller's business (VM entry checks it
@@ -111,11 +113,14 @@ class StateAccess:
         themselves make: RFLAGS bit 1 reads 1, DR6/DR7 fixed bits.  Cached
         translations are not invalidated (call flush_tlb() for that), except
         unicorn's own TLB, which has no address-space tags."""
-        try:
-            self._set_state(s)
-        except KeyError as e:
-            missing = [k for k in KEYS if k not in s]
-            raise KeyError(f"state lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}") from e
+        unknown = [k for k in s if k not in _KEYSET]
+        if unknown:
+            raise KeyError(f"not processor-state keys: {', '.join(sorted(unknown)[:5])}")
+        if len(s) != len(_KEYSET):
+            full = self.get_state()
+            full.update(s)
+            s = full
+        self._set_state(s)
 
     def _set_state(self, s: dict[str, int]) -> None:
         self._end_stepping()

@@ -171,6 +171,14 @@ class MemoryAccess:
             size -= n
         return bytes(out)
 
+    def phys_read(self, gpa: int, size: int) -> bytes:
+        """Same as read_phys (the KVM backend's name)."""
+        return self.read_phys(gpa, size)
+
+    def phys_write(self, gpa: int, data: bytes) -> None:
+        """Same as write_phys (the KVM backend's name)."""
+        self.write_phys(gpa, data)
+
     def write_phys(self, gpa: int, data: bytes) -> None:
         data = bytes(data)
         while data:
