@@ -15,8 +15,10 @@ Vol. 2 "INT n/INTO/INT3/INT1-Call to Interrupt Procedure" specify:
 - the checks of the INT pseudo-code in order, with their #GP/#NP/#TS/#SS error
   codes (IDT bit, EXT bit = the event is not a software interrupt);
 - RFLAGS: TF, NT, RF, VM cleared, IF cleared for interrupt gates; RF is set in
-  the pushed image of fault-class exceptions ("Interrupt and Exception
-  Classifications", "Resume Flag");
+  the pushed image of fault-class exceptions other than instruction-breakpoint
+  #DB ("Instruction-Breakpoint Exception Condition": "for any fault-class
+  exception except a debug exception generated in response to an instruction
+  breakpoint, the value pushed for RF is 1");
 - #DF and shutdown: "Conditions for Generating a Double Fault" (Table: benign,
   contributory, page-fault classes) and "Interrupt 8-Double Fault Exception
   (#DF)" (an exception while delivering #DF is a triple fault).

@@ -89,7 +89,12 @@ _SOFT_INT_TYPES = (EV.INTR_TYPE_SOFT_INTR, EV.INTR_TYPE_SOFT_EXCEPTION, EV.INTR_
 
 
 class _Watchdog:
-    """Calls uc_emu_stop when a host deadline passes during a run segment."""
+    """Calls uc_emu_stop when a host deadline passes during a run segment.
+
+    One thread per machine, started on the first armed deadline and ending after
+    a second without one (so that dropped machines are not kept alive)."""
+
+    IDLE_EXIT = 1.0
 
     def __init__(self, engine: ffi.Engine):
         self.engine = engine
@@ -102,7 +107,12 @@ class _Watchdog:
 
     def _loop(self) -> None:
         while True:
-            self._wake.wait()
+            if not self._wake.wait(self.IDLE_EXIT):
+                with self._lock:
+                    if not self.running:
+                        self._thread = None
+                        return
+                continue
             while True:
                 with self._lock:
                     d, running = self.deadline, self.running
@@ -124,10 +134,12 @@ class _Watchdog:
             self.deadline = deadline
             self.running = deadline is not None
             self.fired = False
-        if deadline is not None:
-            if self._thread is None:
+            start = deadline is not None and self._thread is None
+            if start:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="vmxlab-watchdog")
-                self._thread.start()
+        if start:
+            self._thread.start()
+        if deadline is not None:
             self._wake.set()
 
     def disarm(self) -> bool:

@@ -40,6 +40,10 @@ IN_CB = ctypes.CFUNCTYPE(c_uint32, c_void_p, c_uint32, c_int, c_void_p)
 OUT_CB = ctypes.CFUNCTYPE(None, c_void_p, c_uint32, c_int, c_uint32, c_void_p)
 SYSCALL_CB = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
 
+# Translated-code buffer per engine (unicorn's default reserves 1 GiB of address
+# space per engine; vmxlab's guests are small and tests create many machines).
+TCG_BUFFER = 64 << 20
+
 # Access types a TLB fill receives (uc_mem_type).
 ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = UC.UC_MEM_READ, UC.UC_MEM_WRITE, UC.UC_MEM_FETCH
 PROT_READ, PROT_WRITE, PROT_EXEC = UC.UC_PROT_READ, UC.UC_PROT_WRITE, UC.UC_PROT_EXEC
@@ -158,6 +162,7 @@ class Engine:
 
     def __init__(self, cpu_model: int, tlb_virtual: bool = True):
         self.uc = Uc(UC.UC_ARCH_X86, UC.UC_MODE_64, cpu_model)
+        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
         self.handle = self.uc._uch
         if tlb_virtual:
             self.uc.ctl_set_tlb_mode(UC.UC_TLB_VIRTUAL)
