@@ -200,7 +200,7 @@ def test_gp_error_code_names_the_idt_entry(bad):
         s["GUEST_IDTR_LIMIT"] = 16 * 0x30 - 1          # vectors 0-0x2f only
         e.m.set_state(s)
         e.code("int 0x30")
-        st = e.m.run(time_budget=2)
+        e.m.run(time_budget=2)
         assert e.reg("R8") == 0x30 * 8 + 2             # #GP(IDT index, IDT bit)
     else:
         e.handler(11, "pop r9; hlt")

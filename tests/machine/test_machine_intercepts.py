@@ -334,7 +334,7 @@ def test_remapped_code_page_is_rescanned():
     # linear 0x70000 -> physical 0x70000 (ret) first, then -> 0x71000 (rdmsr; ret)
     e.m.load(0x70000, bytes.fromhex("c3"))
     e.m.load(0x71000, bytes.fromhex("0f32c3"))
-    a = e.code(f"""
+    e.code(f"""
         mov rbx, 0x70000
         call rbx
         mov rax, {H.pte(0x70)}

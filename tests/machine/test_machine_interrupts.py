@@ -152,7 +152,7 @@ def test_unclaimed_port_reads_all_ones():
 def test_nmi_blocking_ends_at_iret():
     e = H.Env()
     e.handler(2, "inc r14; mov r9, [rsp]; iretq")
-    a = e.code("cli; nop; second: nop; nop; nop; cli; hlt")
+    e.code("cli; nop; nop; nop; nop; cli; hlt")
     e.m.raise_nmi()
     e.m.run(instruction_budget=1)          # NMI (not masked by IF) delivered at once, handler entered
     assert e.state("GUEST_INTERRUPTIBILITY_INFO") & 8      # blocking by NMI until IRET

@@ -25,7 +25,7 @@ from . import context_blob as CB
 from . import operands as OP
 from . import paging as PG
 from . import registers as REG
-from .events import Fault, MachineNotImplemented
+from .events import Fault
 from .intercepts import Kind
 from .msr_file import MsrFault
 
@@ -351,10 +351,6 @@ def invpcid(m, insn, rip: int) -> None:
 
 def undefined(m, insn, rip: int) -> None:
     raise _ud(f"{insn} raises #UD on this processor")
-
-
-def not_implemented(m, insn, rip: int) -> None:
-    raise MachineNotImplemented(f"{insn}: not modelled")
 
 
 PYTHON_NATIVE = {

@@ -34,7 +34,7 @@ the machine's own page walk (paging.py) and the second-stage plug point.
 """
 from __future__ import annotations
 
-import struct
+import iced_x86 as I
 
 from ..arch import cpuid as CPUIDF
 from ..arch import events as EV
@@ -60,9 +60,11 @@ from .memory import NonexistentMemory, PhysicalMemory
 from .msr_file import MsrFile
 from .runloop import RunControl, Stop, StopReason, _Watchdog
 from .sites import SiteRegistry
+from .state import KEYS
 from .tsc import DEFAULT_HZ, VirtualTsc
 
 CPU_MODEL = ffi.X.UC_CPU_X86_SKYLAKE_SERVER     # SMAP-aware QEMU TLB indexes, AVX, XSAVE
+_MEM = I.OpKind.MEMORY
 _MEMORY_OPERAND_KINDS = frozenset(Kind) - {Kind.CPUID, Kind.RDMSR, Kind.WRMSR, Kind.IO, Kind.MOV_TO_CR,
                                            Kind.MOV_FROM_CR, Kind.MOV_DR, Kind.HLT, Kind.PAUSE, Kind.RDTSC,
                                            Kind.RDTSCP, Kind.CLTS, Kind.WBINVD, Kind.INVD}
@@ -108,11 +110,9 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._breakpoints: dict[int, bool] = {}
         self._bp_skip: int | None = None
         self._stepping = False
-        self._step_keep = False
         self._guest_tf = False
         self._saved_dr6 = AR.DR6_INIT
         self._step_prev = 0
-        self._want_step = False
         self._counting = False
         self._count_left = 0
         self._count_hook = 0
@@ -207,7 +207,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         would (e.g. (0, 0x8000))."""
         cs_sel, ip = entry if entry is not None else (0xF000, 0xFFF0)
         cs_base = cs_sel << 4 if entry is not None else 0xFFFF0000
-        s = {k: 0 for k in _all_keys()}
+        s = {k: 0 for k in KEYS}
         s.update({
             "GUEST_RIP": ip, "GUEST_RFLAGS": 2, "GUEST_CR0": 0x60000010, "GUEST_DR7": 0x400,
             "DR6": AR.DR6_INIT, "RDX": self.cpuid.signature, "XCR0": 1,
@@ -437,8 +437,8 @@ class Machine(StateAccess, MemoryAccess, RunControl):
             dr_reg, gpr = (insn.op0_register, insn.op1_register) if to_dr else (insn.op1_register, insn.op0_register)
             ev.dr, ev.gpr, ev.write = REG.ICED_DR[dr_reg], REG.ICED_GPR[gpr][0], to_dr
         if kind == Kind.LMSW:
-            ev.value = OP.read_operand(self, insn, 0, 2) if insn.op0_kind != ffi_mem() else None
-        if kind in _MEMORY_OPERAND_KINDS and any(insn.op_kind(i) == ffi_mem() for i in range(insn.op_count)):
+            ev.value = OP.read_operand(self, insn, 0, 2) if insn.op0_kind != _MEM else None
+        if kind in _MEMORY_OPERAND_KINDS and any(insn.op_kind(i) == _MEM for i in range(insn.op_count)):
             try:
                 ev.address = OP.operand_address(self, insn)
             except ValueError:
@@ -607,16 +607,6 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         return {"tlb_fills": self.tlb_fills, "segments": self.segments, "emulated": self.emulated,
                 "delivered": self.delivered, "sites": self.sites.hook_count(),
                 "page_scans": self.sites.scan_count, "missed_io": self.missed_io}
-
-
-def _all_keys():
-    from .state import KEYS
-    return KEYS
-
-
-def ffi_mem() -> int:
-    import iced_x86
-    return iced_x86.OpKind.MEMORY
 
 
 __all__ = ["Machine", "Stop", "StopReason", "Event", "Kind", "SecondStageRefusal", "MachineNotImplemented",

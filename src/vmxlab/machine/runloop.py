@@ -33,7 +33,7 @@ run ends with StopReason.HALTED.
 Budgets: `run(time_budget=seconds)` uses a watchdog thread that calls
 uc_emu_stop at the deadline (unicorn's own timeout creates a thread per call,
 about 120 us).  `run(instruction_budget=n)` counts instructions with a code hook
-on every instruction: exact but roughly 100x slower; meant for tests.
+on every instruction: exact but about 150x slower; meant for tests.
 A runaway guest ends at the budget with StopReason.BUDGET at an instruction
 boundary; the next run() continues exactly there.
 """
@@ -196,10 +196,8 @@ class RunControl:
             target = t1 if t2 is None else (t2 if t1 is None else min(t1, t2))
             d = time.perf_counter() + self.tsc.seconds_until(target)
             deadline = d if deadline is None else min(deadline, d)
-        if self._nmi_pending or self._irr or self._window_irq or self._window_nmi:
-            self._want_step = self._needs_stepping()
-            if self._want_step:
-                self._begin_stepping()
+        if (self._nmi_pending or self._irr or self._window_irq or self._window_nmi) and self._needs_stepping():
+            self._begin_stepping()
         wd = self._watchdog
         if deadline is not None:
             wd.arm(deadline)
@@ -214,7 +212,7 @@ class RunControl:
             self.tsc.pause()
             fired = wd.disarm() if deadline is not None else False
         self.segments += 1
-        if self._stepping and not self._step_keep:
+        if self._stepping:
             self._end_stepping()
         grew = self._grow_tlb
         if grew:
@@ -326,7 +324,6 @@ class RunControl:
         g[REG.RFLAGS] |= AR.RFLAGS_TF
         self.gprs.write()
         self._stepping = True
-        self._step_keep = False
         self._step_prev = g[REG.RIP]
 
     def _end_stepping(self) -> None:
@@ -482,7 +479,7 @@ class RunControl:
         if self._stepping:
             self._end_stepping()
         insn = self.decode_at(rip)
-        if insn.code == ffi_code_invalid() or not insn.len:
+        if insn.code == _I.Code.INVALID or not insn.len:
             self._exception(EventInfo(EV.UD, EV.INTR_TYPE_HARD_EXCEPTION), rip, True)
             return True
         if insn.mnemonic == _INT1:
@@ -574,7 +571,7 @@ class RunControl:
             site = item[1]
             return self._run_native(site.kind, site.insn, site.address)
         if tag == "fault":
-            f, insn = item[1], item[2]
+            f = item[1]
             self._exception(EventInfo(f.vector, EV.INTR_TYPE_HARD_EXCEPTION, f.error_code, cr2=f.cr2),
                             self.rip, False)
             return None
@@ -749,11 +746,6 @@ class _Ephemeral:
 
     def __init__(self, address: int, kind: Kind, insn):
         self.address, self.kind, self.insn = address, kind, insn
-
-
-def ffi_code_invalid() -> int:
-    import iced_x86
-    return iced_x86.Code.INVALID
 
 
 import iced_x86 as _I  # noqa: E402
