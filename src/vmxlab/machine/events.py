@@ -40,7 +40,7 @@ from ..arch import events as EV
 from ..arch import registers as R
 from ..arch import segments as S
 from . import context_blob as CB
-from .paging import PageFault
+from .paging import Mode, PageFault
 
 EXT_TYPES = (EV.INTR_TYPE_EXT_INTR, EV.INTR_TYPE_NMI, EV.INTR_TYPE_HARD_EXCEPTION, EV.INTR_TYPE_PRIV_SW_EXCEPTION)
 SOFTWARE_TYPES = (EV.INTR_TYPE_SOFT_INTR, EV.INTR_TYPE_SOFT_EXCEPTION)   # INT n, INT3, INTO: gate DPL checked
@@ -130,10 +130,10 @@ class _Frame:
 class Delivery:
     """Delivers one event on a machine (see Machine._deliver for the escalation loop).
 
-    The machine provides: `_cpu_view()` -> (gprs, cr0, cr4, efer, blob loaded),
-    `read_linear(addr, size, cpl, implicit)`, `probe_write(addr, size, cpl, implicit)`
-    (translate for writing without writing), `write_linear_checked(...)` and
-    `linear_bits`.
+    The machine provides `_cpu_view()` -> (gprs, cr0, cr4, efer, loaded blob,
+    paging context), `read_linear(addr, size, cpl, implicit, ctx=)` and
+    `_commit_delivery(frame, event, blob)` (translates every write of the frame
+    before writing any).
     """
 
     def __init__(self, machine):
@@ -165,11 +165,12 @@ class Delivery:
         return base, limit, ar, tbase + index
 
     # -- entry point --------------------------------------------------------------------
-    def deliver(self, ev: EventInfo, blob=None) -> None:
+    def deliver(self, ev: EventInfo, blob=None, g=None) -> None:
         """Deliver `ev` or raise Fault / MachineNotImplemented without changing state.
-        `blob`: the context blob already loaded (and not changed since) by the caller."""
+        `blob`, `g`: the context blob and GPR batch already read (and not changed
+        since) by the caller."""
         m = self.m
-        gprs, cr0, cr4, efer, blob, self.ctx = m._cpu_view(blob)
+        gprs, cr0, cr4, efer, blob, self.ctx = m._cpu_view(blob, g)
         rip = gprs[16]
         rflags = gprs[17]
         return_rip = rip + ev.length if ev.type in (EV.INTR_TYPE_SOFT_INTR, EV.INTR_TYPE_SOFT_EXCEPTION,
@@ -271,9 +272,10 @@ class Delivery:
                 new_rsp = rsp
             if new_cpl != cpl:
                 new_ss = (new_cpl, 0, 0, new_cpl << CB.DESC_DPL_SHIFT)   # NULL SS, RPL = new CPL
-            if not R.canonical(new_rsp, m.linear_bits):
+            bits = 57 if self.ctx.mode == Mode.LEVEL5 else 48
+            if not R.canonical(new_rsp, bits):
                 raise Fault(EV.SS, ext, reason=f"new RSP {new_rsp:#x} is not canonical")
-            if not R.canonical(offset, m.linear_bits):
+            if not R.canonical(offset, bits):
                 raise Fault(EV.GP, ext, reason=f"handler address {offset:#x} is not canonical")
             new_rsp &= ~0xF
             items = [ss_sel, rsp, rflags, cs_sel_old, return_rip]

@@ -325,23 +325,24 @@ class Machine(StateAccess, MemoryAccess, RunControl):
             self.activity = EV.ACTIVITY_SHUTDOWN
         return result
 
-    def _deliver(self, ev: EventInfo, blob=None):
+    def _deliver(self, ev: EventInfo, blob=None, g=None):
         """Deliver with escalation; None, or the Event the caller must hand on.
-        `blob`: already loaded by the caller and unchanged since (saves a copy)."""
-        result = self._deliver_chain(ev, blob)
+        `blob`, `g`: the context blob and GPR batch already read by the caller and
+        unchanged since (saves copies)."""
+        result = self._deliver_chain(ev, blob, g)
         if result is not None:
             b = self.blob.load()                 # not delivered: QEMU's exception-in-flight
             b.clear_exception_in_flight()        # marker must still be cleared
             b.store()
         return result
 
-    def _deliver_chain(self, ev: EventInfo, blob):
+    def _deliver_chain(self, ev: EventInfo, blob, g):
         current = ev
-        rip = self.gprs.read()[REG.RIP]
+        rip = (g if g is not None else self.gprs.read())[REG.RIP]
         while True:
             try:
-                self.delivery.deliver(current, blob)
-                blob = None
+                self.delivery.deliver(current, blob, g)
+                blob = g = None
                 self.delivered += 1
                 return None
             except Fault as f:
@@ -357,7 +358,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
                 if f.cr2 is not None and nxt.vector == EV.DF:
                     self._set_cr2(f.cr2)
                 current = nxt
-                blob = None
+                blob = g = None
             except SecondStageRefusal as r:
                 return Event(Kind.SECOND_STAGE, rip, detail=r, vectoring=current,
                              address=r.linear)
@@ -369,8 +370,9 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         c[REG.CR2] = value
         self.ctrl.write()
 
-    def _cpu_view(self, blob=None):
-        g = self.gprs.read()
+    def _cpu_view(self, blob=None, g=None):
+        if g is None:
+            g = self.gprs.read()
         c = self.ctrl.read()
         ctx = self.paging_context(c[REG.CR0], c[REG.CR3], c[REG.CR4])
         return g, c[REG.CR0], c[REG.CR4], self._efer, blob if blob is not None else self.blob.load(), ctx

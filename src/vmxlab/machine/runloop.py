@@ -438,7 +438,7 @@ class RunControl:
             has_code = intno in EV.ERROR_CODE_VECTORS
             ev = EventInfo(intno, EV.INTR_TYPE_HARD_EXCEPTION, error_code if has_code else None)
             start = rip
-        self._exception(ev, start, in_hook=True, blob=blob)
+        self._exception(ev, start, in_hook=True, blob=blob, g=g)
 
     def _classify_software(self, vector: int, rip_after: int) -> tuple[EventInfo, int]:
         """INT n (CD ib), INT3 (CC), INTO (CE): type and length from the bytes
@@ -450,11 +450,12 @@ class RunControl:
             return EventInfo(vector, EV.INTR_TYPE_SOFT_EXCEPTION, None, 1), rip_after - 1
         return EventInfo(vector, EV.INTR_TYPE_SOFT_INTR, None, 2), rip_after - 2
 
-    def _exception(self, ev: EventInfo, start: int, in_hook: bool, blob=None) -> None:
+    def _exception(self, ev: EventInfo, start: int, in_hook: bool, blob=None, g=None) -> None:
         """An exception raised by QEMU or by emulation, at instruction `start`
         (software interrupts: RIP is rewound to the INT instruction; delivery
         pushes RIP + length)."""
-        g = self.gprs.read()
+        if g is None:
+            g = self.gprs.read()
         if g[REG.RIP] != start:
             g[REG.RIP] = start
             self.gprs.write()
@@ -465,7 +466,7 @@ class RunControl:
                 self.engine.stop()
             return
         if in_hook:
-            result = self._deliver(ev, blob)
+            result = self._deliver(ev, blob, g)
             if result is not None:
                 self._pending.append(("result", result))
                 self._hook_stop = True
