@@ -216,6 +216,56 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# ---- check, template, rules ---------------------------------------------------------------
+def _read_input(path: str) -> tuple[str, str]:
+    if path == "-":
+        try:
+            return sys.stdin.read(), "-"
+        except UnicodeDecodeError:
+            raise BadInput("-: standard input is not UTF-8 text") from None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(), path
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: cannot read ({getattr(e, 'strerror', None) or e.__class__.__name__})") from None
+
+
+def _cmd_check(args) -> int:
+    import json
+    from .caps import load
+    from .checks import check
+    from .vmcs.document import load as load_document
+    text, name = _read_input(args.file)
+    doc = load_document(text, name)
+    profile = load(args.cpu or doc.cpu)
+    result = check(doc.vmcs, profile, doc.read_memory, instruction=args.instruction, all=args.all,
+                   host_lma=args.host_mode == "64bit")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"{name}: {doc.source} on {profile.name}, {args.instruction.upper()}")
+        print("\n".join(result.lines()))
+    return 0 if result.ok else 1
+
+
+def _cmd_template(args) -> int:
+    from .caps import load
+    from .checks.template import build
+    from .vmcs import jsonfmt
+    profile = load(args.cpu)
+    doc = build(profile, args.mode)
+    doc.cpu = args.cpu or profile.name
+    sys.stdout.write(jsonfmt.dumps(doc))
+    return 0
+
+
+def _cmd_rules(args) -> int:
+    from . import checks  # noqa: F401  (registers the rules)
+    from .checks.catalogue import lines
+    print("\n".join(lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vmxlab", description="Intel VT-x (VMX) toolkit: SDM tables, VMCS, "
                  "VM-entry checks, simulated VMX processor.")
@@ -230,6 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--live", action="store_true", help="read this processor's MSRs (/dev/cpu/0/msr)")
     c.add_argument("--list", action="store_true", help="list the shipped profiles")
     c.set_defaults(func=_cmd_caps)
+
+    ck = sub.add_parser("check", help="the VM-entry checks on a VMCS (vmxlab JSON or dump_vmcs text)")
+    ck.add_argument("file", metavar="FILE|-")
+    ck.add_argument("--cpu", metavar="PROFILE", help="capability profile (default: the document's, else "
+                    "the default profile)")
+    ck.add_argument("--instruction", choices=("vmlaunch", "vmresume"), default="vmlaunch")
+    ck.add_argument("--all", action="store_true", help="evaluate every rule and list every violation")
+    ck.add_argument("--json", action="store_true", help="the result as JSON")
+    ck.add_argument("--host-mode", choices=("64bit", "32bit"), default="64bit",
+                    help="mode of the processor executing VMLAUNCH/VMRESUME (IA32_EFER.LMA)")
+    ck.set_defaults(func=_cmd_check)
+
+    t = sub.add_parser("template", help="a VMCS that passes every VM-entry check (vmxlab JSON)")
+    t.add_argument("--cpu", metavar="PROFILE", help="capability profile (name or JSON file)")
+    t.add_argument("--mode", choices=("long", "compat", "protected", "unrestricted-real"), default="long")
+    t.set_defaults(func=_cmd_template)
+
+    ru = sub.add_parser("rules", help="the catalogue of VM-entry check rules (id, SDM section, outcome)")
+    ru.set_defaults(func=_cmd_rules)
 
     dec = sub.add_parser("decode", help="one fact from the tables")
     dsub = dec.add_subparsers(dest="what_kind", required=True, parser_class=_Parser)

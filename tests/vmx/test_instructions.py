@@ -186,3 +186,14 @@ def test_invvpid_types_and_operands():
 def test_invept_unsupported_processor_is_ud():
     vmx, _ = on(load("penryn"))
     assert vmx.invept(CTX, 2, bytes(16)).vector == 6
+
+
+def test_invept_types_and_eptp_validity():
+    vmx, _ = on()
+    vmx.vmptrld(CTX, 0x2000)
+    good = 0x5000 | (3 << 3) | 6                     # WB, 4-level walk
+    assert vmx.invept(CTX, 1, struct.pack("<QQ", good, 0)).kind == "succeed"
+    assert vmx.invept(CTX, 1, struct.pack("<QQ", 0x5000 | (3 << 3) | 2, 0)).error == 28   # memory type 2
+    assert vmx.invept(CTX, 1, struct.pack("<QQ", 0x5000 | (1 << 3) | 6, 0)).error == 28   # 2-level walk
+    assert vmx.invept(CTX, 2, bytes(16)).kind == "succeed"                                  # all-context
+    assert vmx.invept(CTX, 3, bytes(16)).error == 28

@@ -24,6 +24,7 @@ from ..arch.instruction_errors import (
     VMXERR_VMCLEAR_INVALID_ADDRESS, VMXERR_VMCLEAR_VMXON_POINTER, VMXERR_VMPTRLD_INCORRECT_VMCS_REVISION_ID,
     VMXERR_VMPTRLD_INVALID_ADDRESS, VMXERR_VMPTRLD_VMXON_POINTER, VMXERR_VMXON_IN_VMX_ROOT_OPERATION)
 from ..arch.registers import CR0_PE, CR4_VMXE, RFLAGS_AF, RFLAGS_CF, RFLAGS_OF, RFLAGS_PF, RFLAGS_SF, RFLAGS_ZF, canonical
+from ..checks.eptp import eptp_problems
 from ..vmcs import Vmcs, region
 from ..vmcs.access import VmInstructionError, vmread, vmwrite
 
@@ -262,10 +263,8 @@ class VmxState:
         if not supported.get(itype, False):
             return self.fail(VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID)
         eptp = struct.unpack_from("<Q", descriptor)[0]
-        if itype == 1:
-            from ..checks.eptp import eptp_problem    # the VM-entry rule for EPTPs, one implementation
-            if eptp_problem(eptp, p):
-                return self.fail(VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID)
+        if itype == 1 and eptp_problems(eptp, p):      # the VM-entry EPTP rules, one implementation
+            return self.fail(VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID)
         if self.on_flush:
             self.on_flush("invept", eptp if itype == 1 else -1)
         return SUCCEED
