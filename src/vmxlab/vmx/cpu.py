@@ -49,7 +49,7 @@ from ..machine import registers as REG
 from ..machine import context_blob as CB
 from ..machine.intercepts import Action, Event, Kind, VMX_KINDS
 from ..machine.linear import SecondStageRefusal
-from ..machine.operands import operand_address, read_operand, set_gpr, write_operand
+from ..machine.operands import operand_address, read_operand, segment_base, set_gpr, write_operand
 from ..machine.runloop import Stop, StopReason
 from ..machine.state import VMCS_ENCODINGS, VMCS_KEYS
 from ..vmcs import UnknownField, Vmcs
@@ -667,7 +667,15 @@ class VmxCpu:
     def _host_byte(self, address: int) -> int:
         return self.m.mem.read(address, 1)[0] if self.m.mem.contains(address, 1) else 0xFF
 
-    def _raise(self, vector: int, error_code: int | None = None) -> Action:
+    def _raise(self, vector: int, error_code: int | None = None, rip: int | None = None) -> Action:
+        """An exception raised by a guest instruction in non-root operation: a VM exit
+        if the exception bitmap says so, else delivered through the guest's IDT."""
+        rip = self.m.rip if rip is None else rip
+        ev = Event(Kind.EXCEPTION, rip, vector=vector, event_type=EV.INTR_TYPE_HARD_EXCEPTION,
+                   error_code=error_code)
+        action = self._exception(ev, self.vmx.current_vmcs.values)
+        if action != Action.NATIVE:
+            return action
         problem = self.m.deliver(vector, EV.INTR_TYPE_HARD_EXCEPTION, error_code)
         if problem is not None:
             return self._event_exit(problem)
@@ -697,8 +705,24 @@ class VmxCpu:
         if ev.string:
             if self.profile.basic >> 54 & 1:      # INS/OUTS instruction information (BASIC bit 54)
                 info = XI.instruction_information(X.IO_INSTRUCTION, ev.insn, self._bitness())
-            gla = ev.address
+            gla = self._string_io_address(ev)
         return self._exit(X.IO_INSTRUCTION, qual, ev.rip, length=ev.length, insn_info=info, gla=gla)
+
+    _STRING_OPS = {_OK.MEMORY_SEG_RSI: (REG.RSI, 8), _OK.MEMORY_SEG_ESI: (REG.RSI, 4), _OK.MEMORY_SEG_SI: (REG.RSI, 2),
+                   _OK.MEMORY_ESRDI: (REG.RDI, 8), _OK.MEMORY_ESEDI: (REG.RDI, 4), _OK.MEMORY_ESDI: (REG.RDI, 2)}
+
+    def _string_io_address(self, ev: Event) -> int:
+        """Linear address of the memory operand of INS (ES:rDI) or OUTS (DS:rSI, or
+        the segment override), for the guest-linear-address field."""
+        insn = ev.insn
+        for i in range(insn.op_count):
+            spec = self._STRING_OPS.get(insn.op_kind(i))
+            if spec is not None:
+                reg, size = spec
+                bitness = self._bitness()
+                offset = self.m.gprs.read()[reg] & ((1 << (8 * size)) - 1)
+                return (segment_base(self.m, insn.memory_segment, bitness) + offset) & ((1 << 64) - 1)
+        return 0
 
     def _cr_access(self, ev: Event, v: dict[int, int], cpu: int) -> Action:
         m = self.m
