@@ -269,3 +269,108 @@ def test_vmlaunch_with_bad_host_state_fails_valid_8():
         b.start("hlt", fields={"HOST_CR4": 0})
     assert e.value.error == 8
     assert b.cpu.vmread("VM_INSTRUCTION_ERROR") == 8
+
+
+# ---- EPT ------------------------------------------------------------------------------------
+def ept_bench(extra_pages=()):
+    """A guest under an identity EPT over the first 16 MiB (2-MiB pages)."""
+    from vmxlab.vmx import ept as E
+    b = Bench()
+    nxt = [0xA00000]
+
+    def alloc():
+        nxt[0] += 0x1000
+        b.m.mem.write(nxt[0], bytes(4096))
+        return nxt[0]
+    eptp = E.identity_map(alloc, b.m.mem.write64, 16 << 20)
+    return b, eptp
+
+
+def ept_controls(b):
+    return {"CPU_BASED_VM_EXEC_CONTROL": P2,
+            "SECONDARY_VM_EXEC_CONTROL": C.SECONDARY_EXEC_ENABLE_EPT | C.SECONDARY_EXEC_ENABLE_VPID}
+
+
+def test_guest_runs_under_identity_ept():
+    b, eptp = ept_bench()
+    b.start("mov rax, 0x61000\nmov qword ptr [rax], 0x55\nmov rbx, [rax]\nhlt", controls=ept_controls(b),
+            host=b.record_and_resume(), fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1})
+    stop = b.cpu.run(time_budget=5)
+    assert b.exits == [] and stop.reason.value == "halted"
+    assert gpr(b, "RBX") == 0x55 and b.m.mem.read64(0x61000) == 0x55
+
+
+def test_ept_violation_qualification_and_addresses():
+    # EPT maps guest-physical 0x200000-0x3FFFFF read-only (a 2-MiB leaf with R|X only)
+    b, eptp = ept_bench()
+    root = eptp & ~0xFFF
+    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
+    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    b.m.mem.write64(pd + 8, 0x200000 | 0b101 | (6 << 3) | 0x80)
+    b.start("mov rax, 0x200010\nmov rbx, [rax]\nmov qword ptr [rax], 1\nhlt", controls=ept_controls(b),
+            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("violation")),
+            fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1})
+    b.cpu.run(time_budget=5)
+    e = b.exits[0]
+    # data write (bit 1), readable (3) and executable (5) but not writable, GLA valid (7),
+    # access to the translated address (8)
+    assert e.basic == X.EPT_VIOLATION
+    assert e.qualification == 0b10 | (1 << 3) | (1 << 5) | (1 << 7) | (1 << 8)
+    assert e.guest_physical == 0x200010 and e.guest_linear == 0x200010
+    assert gpr(b, "RBX") == 0                     # the read went through
+    assert b.m.mem.read64(0x200010) == 0          # the write did not
+
+
+def test_ept_misconfiguration():
+    b, eptp = ept_bench()
+    root = eptp & ~0xFFF
+    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
+    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    b.m.mem.write64(pd + 8, 0x200000 | 0b010 | (6 << 3) | 0x80)   # write-only: a misconfiguration
+    b.start("mov rax, 0x200010\nmov rbx, [rax]\nhlt", controls=ept_controls(b),
+            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("misconfig")),
+            fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1})
+    b.cpu.run(time_budget=5)
+    e = b.exits[0]
+    assert e.basic == X.EPT_MISCONFIG and e.guest_physical == 0x200010 and e.qualification == 0
+
+
+# ---- event injection ----------------------------------------------------------------------------
+def test_injected_external_interrupt_is_delivered_through_the_guest_idt():
+    b = Bench()
+    b.env.handler(0x30, "mov r10, 0x30\niretq")
+    b.start("mov r11, 1\nhlt", controls={"CPU_BASED_VM_EXEC_CONTROL": P2},
+            fields={"VM_ENTRY_INTR_INFO_FIELD": EV.intr_info(0x30, EV.INTR_TYPE_EXT_INTR),
+                    "GUEST_RFLAGS": 0x202})         # injecting an external interrupt needs RFLAGS.IF = 1
+    b.cpu.run(time_budget=5)
+    assert gpr(b, "R10") == 0x30 and gpr(b, "R11") == 1        # handler ran, then the guest code
+
+
+def test_injecting_an_external_interrupt_with_if_clear_is_an_invalid_guest_state():
+    b = Bench()
+    b.start("hlt", controls={"CPU_BASED_VM_EXEC_CONTROL": P2},
+            fields={"VM_ENTRY_INTR_INFO_FIELD": EV.intr_info(0x30, EV.INTR_TYPE_EXT_INTR), "GUEST_RFLAGS": 0x2},
+            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("entry failed")))
+    assert b.exits[0].reason == 0x80000021
+    assert b.cpu.last_check.violations[0].id == "guest.rflags.if_for_external_interrupt" or \
+        "IF" in b.cpu.last_check.violations[0].message
+
+
+def test_injected_hardware_exception_with_error_code():
+    b = Bench()
+    b.env.handler(13, "pop r12\nmov r13, 13\nadd rsp, 0\niretq")
+    b.start("mov r11, 1\nhlt", controls={"CPU_BASED_VM_EXEC_CONTROL": P2},
+            fields={"VM_ENTRY_INTR_INFO_FIELD": EV.intr_info(13, EV.INTR_TYPE_HARD_EXCEPTION, True),
+                    "VM_ENTRY_EXCEPTION_ERROR_CODE": 0x1234})
+    b.cpu.run(time_budget=5)
+    assert (gpr(b, "R12"), gpr(b, "R13"), gpr(b, "R11")) == (0x1234, 13, 1)
+
+
+def test_injected_software_interrupt_returns_after_instruction_length():
+    b = Bench()
+    b.env.handler(0x80, "mov r10, [rsp]\niretq", dpl=3)
+    b.start("nop\nnop\nmov r11, 1\nhlt", controls={"CPU_BASED_VM_EXEC_CONTROL": P2},
+            fields={"VM_ENTRY_INTR_INFO_FIELD": EV.intr_info(0x80, EV.INTR_TYPE_SOFT_INTR),
+                    "VM_ENTRY_INSTRUCTION_LEN": 2})
+    b.cpu.run(time_budget=5)
+    assert gpr(b, "R10") == GUEST + 2                           # the pushed return address

@@ -880,14 +880,15 @@ class VmxCpu:
             # With EPT A/D the first write must set the leaf's dirty flag: grant writes only
             # once it is set (a later write comes back through a new fill).
             allowed &= ~PG.WRITE
-        return t.hpa & ~0xFFF, allowed
+        return t.hpa, allowed
 
     def _ept_exit(self, stop: Stop) -> None:
         refusal = stop.event.detail if stop.event is not None else None
         payload = getattr(refusal, "payload", None)
         ev = stop.event
+        gpa = refusal.gpa if getattr(refusal, "gpa", None) is not None else payload.gpa   # the exact address
         if isinstance(payload, EPT.EptMisconfig):
-            self._exit(X.EPT_MISCONFIG, 0, stop.rip, gpa=payload.gpa)
+            self._exit(X.EPT_MISCONFIG, 0, stop.rip, gpa=gpa)
             return
         assert isinstance(payload, EPT.EptViolation), stop
         qual = payload.qualification
@@ -896,7 +897,7 @@ class VmxCpu:
             qual |= 1 << 7
             if not refusal.paging_entry:
                 qual |= 1 << 8
-        self._exit(X.EPT_VIOLATION, qual, stop.rip, gla=gla, gpa=payload.gpa,
+        self._exit(X.EPT_VIOLATION, qual, stop.rip, gla=gla, gpa=gpa,
                    vectoring=ev.vectoring if ev is not None else None)
 
     # ---- VM exit ----------------------------------------------------------------------------------------
