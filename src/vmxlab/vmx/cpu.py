@@ -1171,12 +1171,33 @@ class VmxCpu:
         self.m.flush_tlb()
 
     # ---- leaving VMX operation from Python host code ------------------------------------------
-    def devirtualize(self, state: dict[str, int]) -> None:
-        """Put a processor state in place natively (after VMXOFF): the seed's
-        VMXRestoreState in reverse -- the guest continues as the host."""
-        if self.vmx.in_vmx:
-            raise VmxFault(EV.UD)
-        self.m.set_state(state)
+    def devirtualize(self, rip: int) -> None:
+        """From host code: VMXOFF, then continue the guest of the last VM exit natively
+        at `rip` with its state intact -- the seed's VMXRestoreState in reverse.  The
+        guest state is what the exit saved (plus the host code's VMWRITEs to guest
+        fields) and the live general registers."""
+        lazy = self._lazy
+        guest_fields = {enc for enc in (lazy.written if lazy else ()) if enc != -1 and (enc & 0xC00) == 0x800}
+        if lazy is not None and -1 not in lazy.written and guest_fields <= _FAST_GUEST.keys():
+            # the machine still holds the guest's state: apply what the host code changed
+            v = self.vmx.current_vmcs.values
+            ctx = self._ctx()
+            self._lazy = None
+            out = self.vmx.vmxoff(ctx)
+            if out.kind != "succeed":
+                raise VmxFault(out.vector or EV.UD)
+            g = self.m.gprs.read()
+            for enc in guest_fields:
+                g[_FAST_GUEST[enc]] = v[enc]
+            g[REG.RIP] = rip
+            self.m.gprs.write()
+        else:
+            self.materialize()
+            state = self.guest_snapshot()
+            self._py(self.vmx.vmxoff(self.context()))
+            state["GUEST_RIP"] = rip
+            self.m.set_state(state)
+        self._checked = False
         self._subscribe_root()
 
     def guest_snapshot(self) -> dict[str, int]:
