@@ -85,61 +85,77 @@ class DemoResult:
         return n / self.seconds if self.seconds else 0.0
 
 
-def run_demo(cpu_profile: str | None = None, literal: bool = False, trace: bool = False,
-             time_budget: float = 30.0) -> DemoResult:
-    profile = load_profile(cpu_profile)
-    result = DemoResult(profile.name, literal)
-    m = Machine(profile, MEMORY_SIZE)
+def boot_to_load_point(profile, memory_size: int = MEMORY_SIZE, time_budget: float = 30.0,
+                       workload: int | None = None):
+    """The kernel booted up to its "load driver" point: (machine, cpu, scene, stop)."""
+    m = Machine(profile, memory_size)
     cpu = VmxCpu(m)
     kernel = boot(m)
     m.msrs.poke(0x3A, 0x5)      # the firmware locks IA32_FEATURE_CONTROL with VMX enabled, as BIOSes do
     sc = scene()
     m.load(SCENE, sc.code)
     m.mem.write64(kernel.labels["driver_ptr"], sc.labels["bp_driver"])
-    m.mem.write64(kernel.labels["workload_ptr"], sc.labels["bp_workload"])
+    m.mem.write64(kernel.labels["workload_ptr"], workload if workload is not None else sc.labels["bp_workload"])
     m.add_breakpoint(sc.labels["bp_load_driver"])
     stop = m.run(time_budget=time_budget)
     m.remove_breakpoint(sc.labels["bp_load_driver"])
+    return m, cpu, sc, stop
+
+
+def load_hypervisor(m, cpu, sc, literal: bool = False, handler: ExitHandler | None = None,
+                    edits=()) -> tuple[SeedSetup, Processor]:
+    """The driver: enable VMX, VMXON, VMCLEAR, VMPTRLD and the seed's setup steps.
+    `edits`: (field, operation, value) applied after the setup (run --set/--or/--andnot).
+    Raises ProbeFault when an instruction of the driver faults."""
+    proc = Processor(m)
+    mem = _Allocator(m, HV_MEMORY)
+    vmxon_region, vmcs_region, msr_bitmap = mem.page(), mem.page(), mem.page()
+    for _ in range(HV_STACK_PAGES):
+        mem.page()
+    host_stack_top = mem.next
+    eptp = EPT.identity_map(mem.page, m.mem.write64, m.mem.size)
+    cpu.register_host(HOST_HANDLER, (handler or ExitHandler()).handle)
+    env = Environment(msr_bitmap=msr_bitmap, host_stack_top=host_stack_top, host_rip=HOST_HANDLER,
+                      guest_rip=sc.labels["bp_resume"], guest_rsp=proc.execute("mov rax, rsp", out=("RAX",))["RAX"],
+                      eptp=eptp, vpid=1)
+    setup = SeedSetup(cpu, proc, env, literal=literal)
+    revision = proc.rdmsr(0x480) & 0x7FFFFFFF
+    m.write_host(vmxon_region, struct.pack("<I", revision))
+    m.write_host(vmcs_region, struct.pack("<I", revision))
+    # what the seed's earlier chapters do before VMXON: CR0/CR4 through the fixed MSRs
+    # (this sets CR0.NE and CR4.VMXE)
+    for cr, fixed0 in ((0, 0x486), (4, 0x488)):
+        value = (proc.read_cr(cr) | proc.rdmsr(fixed0)) & proc.rdmsr(fixed0 + 1)
+        proc.execute(f"mov cr{cr}, rax", regs={"RAX": value})
+    cpu.vmxon(vmxon_region)
+    cpu.vmclear(vmcs_region)
+    cpu.vmptrld(vmcs_region)
+    setup.run()
+    for name, op, value in edits:
+        old = cpu.vmread(name)
+        new = value if op == "set" else (old | value if op == "or" else old & ~value)
+        setup.write(17, name, new, f"--{op} {value:#x} (command line)", "(not in the seed)")
+    return setup, proc
+
+
+def run_demo(cpu_profile: str | None = None, literal: bool = False, trace: bool = False,
+             time_budget: float = 30.0) -> DemoResult:
+    profile = load_profile(cpu_profile)
+    result = DemoResult(profile.name, literal)
+    m, cpu, sc, stop = boot_to_load_point(profile, time_budget=time_budget)
     if stop.reason != StopReason.BREAKPOINT:
         result.outcome, result.report = "boot failed", str(stop)
         result.console = m.uart.text()
         return result
-
-    # ---- the driver ------------------------------------------------------------------------------
-    proc = Processor(m)
-    mem = _Allocator(m, HV_MEMORY)
-    vmxon_region, vmcs_region, msr_bitmap = mem.page(), mem.page(), mem.page()
-    stack_bottom = mem.next
-    for _ in range(HV_STACK_PAGES):
-        mem.page()
-    host_stack_top = mem.next
-    eptp = EPT.identity_map(mem.page, m.mem.write64, MEMORY_SIZE)
     handler = ExitHandler()
     stats, tracer = Statistics(), Tracer()
     cpu.observers.append(stats)
     if trace:
         cpu.observers.append(tracer)
-    cpu.register_host(HOST_HANDLER, handler.handle)
-    env = Environment(msr_bitmap=msr_bitmap, host_stack_top=host_stack_top, host_rip=HOST_HANDLER,
-                      guest_rip=sc.labels["bp_resume"], guest_rsp=proc.execute("mov rax, rsp", out=("RAX",))["RAX"],
-                      eptp=eptp, vpid=1)
-    setup = SeedSetup(cpu, proc, env, literal=literal)
     result.adjustments = [adjust(profile, f, w) for f, w in SEED_CONTROLS.items()]
     try:
-        revision = proc.rdmsr(0x480) & 0x7FFFFFFF
-        m.write_host(vmxon_region, struct.pack("<I", revision))
-        m.write_host(vmcs_region, struct.pack("<I", revision))
-        # what the seed's earlier chapters do before VMXON: CR0/CR4 through the fixed MSRs
-        # (this sets CR0.NE and CR4.VMXE)
-        for cr, fixed0 in ((0, 0x486), (4, 0x488)):
-            value = (proc.read_cr(cr) | proc.rdmsr(fixed0)) & proc.rdmsr(fixed0 + 1)
-            proc.execute(f"mov cr{cr}, rax", regs={"RAX": value})
-        cpu.vmxon(vmxon_region)
-        cpu.vmclear(vmcs_region)
-        cpu.vmptrld(vmcs_region)
-        setup.run()
+        setup, _proc = load_hypervisor(m, cpu, sc, literal, handler)
     except ProbeFault as e:
-        result.writes = setup.writes
         result.outcome = "driver crashed"
         result.report = (f"{e.what} raised #{'GP' if e.vector == 13 else e.vector} at CPL 0 in the driver "
                          + ("(the seed reads the TRUE capability MSRs without checking IA32_VMX_BASIC bit 55)"
@@ -152,7 +168,6 @@ def run_demo(cpu_profile: str | None = None, literal: bool = False, trace: bool 
                          all=True, vmcs_pointer=cpu.vmx.current)
     if literal:
         result.seed_lines = {v.id: setup.seed_line_for(v.field) for v in result.check.violations}
-
     # ---- VMLAUNCH -----------------------------------------------------------------------------------
     t0 = time.perf_counter()
     try:
