@@ -199,24 +199,19 @@ def _cmd_caps(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .caps import adjust, adjust_cr, load
-    from .caps.describe import format_adjustment, format_cr_adjustment
-    from .hypervisor.seed import SEED_CONTROLS
-    from .arch import registers as R
-    p = load(args.cpu)
-    print(f"vmxlab: the seed's VMCS controls adjusted through {p.name} ({p.description})")
-    print(f"IA32_VMX_BASIC bit 55 (TRUE capability MSRs): {'set' if p.true_ctls else 'clear'}")
-    print()
-    for field, wanted in SEED_CONTROLS.items():
-        print("\n".join(format_adjustment(adjust(p, field, wanted))))
-    cr0 = R.CR0_PE | R.CR0_MP | R.CR0_ET | R.CR0_NE | R.CR0_WP | R.CR0_AM | R.CR0_PG
-    cr4 = R.CR4_PAE | R.CR4_PGE | 0x600
-    print("\n".join(format_cr_adjustment(adjust_cr(p, "CR0", cr0))))
-    print("\n".join(format_cr_adjustment(adjust_cr(p, "CR4", cr4))))
-    return 0
+    import json
+    from .hypervisor import report
+    from .hypervisor.bluepill import run_demo
+    r = run_demo(args.cpu, literal=args.seed_literal, trace=args.trace)
+    if args.json:
+        print(json.dumps(report.document(r), indent=2))
+    else:
+        print(report.text(r, trace=args.trace), end="")
+    if args.seed_literal:
+        return 0 if r.outcome in ("VMLAUNCH failed", "driver crashed") else 1
+    return 0 if r.outcome.startswith("devirtualized") else 1
 
 
-# ---- check, template, rules ---------------------------------------------------------------
 def _read_input(path: str) -> tuple[str, str]:
     if path == "-":
         try:
@@ -271,8 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "VM-entry checks, simulated VMX processor.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="the main job (see README)")
+    d = sub.add_parser("demo", help="the main job: the seed's hypervisor blue-pills the built-in kernel")
     d.add_argument("--cpu", metavar="PROFILE", help="capability profile (name or JSON file)")
+    d.add_argument("--seed-literal", action="store_true", help="replay the seed exactly as written, mistakes included")
+    d.add_argument("--trace", action="store_true", help="every VM exit as a kvm_exit line")
+    d.add_argument("--json", action="store_true", help="one JSON document")
     d.set_defaults(func=_cmd_demo)
 
     c = sub.add_parser("caps", help="decoded capabilities of a profile, per control bit")

@@ -386,7 +386,7 @@ def lookup(name_or_encoding: str | int) -> Field | None:
 
 
 def by_name(name: str) -> Field:
-    f = _BY_NAME.get(normalize(name))
+    f = _BY_NAME.get(name) or _BY_NAME.get(normalize(name))
     if f is None:
         raise KeyError(name)
     return f

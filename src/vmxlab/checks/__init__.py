@@ -5,10 +5,10 @@ or 34) and the violations.  One implementation for `vmxlab check` and for the
 simulated VMLAUNCH/VMRESUME.
 """
 from . import basic, controls, host, guest_registers, guest_segments, guest_state, guest_pdpte, msr_load  # noqa: F401  (SDM order)
-from .engine import check, finalize
+from .engine import check, check_changed, finalize
 from .registry import RULES, Rule, by_id
 from .result import NotChecked, Result, Violation
 
 finalize()
 
-__all__ = ["check", "RULES", "Rule", "by_id", "Result", "Violation", "NotChecked"]
+__all__ = ["check", "check_changed", "RULES", "Rule", "by_id", "Result", "Violation", "NotChecked"]

@@ -296,8 +296,8 @@ isr_stubs:                              # 256 stubs of 16 bytes: push vector; jm
 .balign 4096
 gdt:
     .quad 0
-    .quad 0x00af9a000000ffff            # 0x08 code, 64-bit, DPL 0
-    .quad 0x00cf92000000ffff            # 0x10 data, DPL 0
+    .quad 0x00af9b000000ffff            # 0x08 code, 64-bit, DPL 0 (accessed)
+    .quad 0x00cf93000000ffff            # 0x10 data, DPL 0 (accessed)
     .quad 0x00cf9a000000ffff            # 0x18 code, 32-bit, DPL 0
     .quad 0x00cf92000000ffff            # 0x20 data, 32-bit boot
     .quad 0, 0                          # 0x28 TSS (16 bytes, filled at boot)

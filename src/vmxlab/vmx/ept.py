@@ -28,6 +28,7 @@ class EptTranslation:
     perms: int              # AND of R/W/X over the walk (bits 0-2), bit 10 XU with MBEC
     memory_type: int
     ignore_pat: bool
+    dirty: bool = False     # the leaf's dirty flag after this access (EPT A/D)
 
 
 class EptViolation(Exception):
@@ -139,8 +140,9 @@ def translate(eptp: int, gpa: int, access: int, read64: Callable[[int], int],
     size_shift = 12 + 9 * (level - 1)
     leaf_entry = walked[-1][1]
     base = leaf_entry & addr_mask & ~((1 << size_shift) - 1)
+    dirty = bool(leaf_entry & A.EPT_D) or (ad and access == WRITE)
     return EptTranslation(base | (gpa & ((1 << size_shift) - 1)), 1 << size_shift, perms,
-                          (leaf_entry >> 3) & 7, bool(leaf_entry & A.EPT_IPAT))
+                          (leaf_entry >> 3) & 7, bool(leaf_entry & A.EPT_IPAT), dirty)
 
 
 def _perm_bits(perms: int, mbec: bool) -> int:

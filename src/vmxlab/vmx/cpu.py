@@ -1,0 +1,1223 @@
+"""VMX operation on the simulated machine: the processor's VMX unit.
+
+    cpu = VmxCpu(machine)
+    cpu.vmxon(0x1000); cpu.vmclear(0x2000); cpu.vmptrld(0x2000)
+    cpu.vmwrite("GUEST_RIP", ...) ...; cpu.register_host(HOST_RIP, handler)
+    cpu.vmlaunch(); stop = cpu.run(...)
+
+One implementation, two callers: these Python methods and machine code executing
+VMXON .. VMFUNC in the simulator (the machine hands each such instruction to
+this class as an intercept event, operands decoded with iced-x86) both end in
+vmx.instructions.VmxState and in the same VM-entry and VM-exit procedures here.
+
+Sources (Intel SDM Vol. 3C): "VMX Instruction Reference"; "VM Entries" (checks:
+checks/, one implementation; "Loading Guest State", "Loading MSRs", "Event
+Injection", "Special Features of VM Entry", "VM-Entry Failures During or After
+Loading Guest State"); "VM Exits" ("Architectural State Before a VM Exit",
+"Recording VM-Exit Information and Updating VM-Entry Control Fields", "Saving
+Guest State", "Saving MSRs", "Loading Host State", "Loading MSRs"); "VMX Non-Root
+Operation" ("Instructions That Cause VM Exits Unconditionally / Conditionally",
+"Other Causes of VM Exits", "Changes to Instruction Behavior in VMX Non-Root
+Operation"); "EPT"; "VPID".
+
+HOST_RIP is machine code (the machine continues there in VMX root operation) or
+an address registered with register_host(): then the Python function is called
+as the host code at that address.  It sees the exit through `cpu.exit` and the
+VMCS through vmread/vmwrite, the guest's general registers through `cpu.gpr`
+(VM exits do not change them), and ends with vmresume() -- or with vmxoff() and
+devirtualize(), or by returning, which leaves the processor in VMX root operation
+at HOST_RIP with the host state loaded.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+import iced_x86 as I
+
+from ..arch import controls as C
+from ..arch import events as EV
+from ..arch import exits as X
+from ..arch import fields as F
+from ..arch import registers as AR
+from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
+from ..caps import msrmodel
+from ..checks import check, check_changed
+from ..machine import paging as PG
+from ..machine import registers as REG
+from ..machine import context_blob as CB
+from ..machine.intercepts import Action, Event, Kind, VMX_KINDS
+from ..machine.linear import SecondStageRefusal
+from ..machine.operands import operand_address, read_operand, segment_base, set_gpr, write_operand
+from ..machine.runloop import Stop, StopReason
+from ..machine.state import VMCS_ENCODINGS, VMCS_KEYS
+from ..vmcs import UnknownField, Vmcs
+from . import ept as EPT
+from . import exit_info as XI
+from . import transfer as T
+from .bitmaps import io_exits, msr_exits
+from .instructions import INVALID_POINTER, Context, Outcome, VmxState
+
+_OK = I.OpKind
+_VALID = EV.INTR_INFO_VALID
+
+# Exit reasons of the VMX instructions in VMX non-root operation.
+_VMX_EXIT = {Kind.VMXON: X.VMON, Kind.VMXOFF: X.VMOFF, Kind.VMCLEAR: X.VMCLEAR, Kind.VMPTRLD: X.VMPTRLD,
+             Kind.VMPTRST: X.VMPTRST, Kind.VMREAD: X.VMREAD, Kind.VMWRITE: X.VMWRITE,
+             Kind.VMLAUNCH: X.VMLAUNCH, Kind.VMRESUME: X.VMRESUME, Kind.INVEPT: X.INVEPT,
+             Kind.INVVPID: X.INVVPID, Kind.VMCALL: X.VMCALL, Kind.VMFUNC: X.VMFUNC}
+
+
+_CONTROL_FIELDS = frozenset(f.encoding for f in F.FIELDS if f.type == "control")
+
+
+class VmxFail(Exception):
+    """A VMX instruction called from Python ended in VMfailInvalid (error None) or
+    VMfailValid(error)."""
+
+    def __init__(self, error: int | None):
+        super().__init__("VMfailInvalid" if error is None else f"VMfailValid({error})")
+        self.error = error
+
+
+class VmxFault(Exception):
+    """A VMX instruction called from Python raised an exception (#UD, #GP(0))."""
+
+    def __init__(self, vector: int, error_code: int | None = None):
+        super().__init__(f"{EV.exception_name(vector)}" + (f"({error_code})" if error_code is not None else ""))
+        self.vector = vector
+        self.error_code = error_code
+
+
+class VmxAbort(Exception):
+    """A VMX abort ("VMX Aborts"): the processor is in shutdown."""
+
+
+@dataclass(slots=True)
+class ExitInfo:
+    """The VM-exit information of the last exit (what the host reads with VMREAD)."""
+    reason: int                  # exit-reason field (basic reason in bits 15:0)
+    qualification: int = 0
+    guest_rip: int = 0
+    instruction_length: int = 0
+    instruction_info: int = 0
+    guest_linear: int | None = None
+    guest_physical: int | None = None
+    intr_info: int = 0
+    intr_error_code: int = 0
+    idt_vectoring_info: int = 0
+    idt_vectoring_error_code: int = 0
+
+    @property
+    def basic(self) -> int:
+        return self.reason & 0xFFFF
+
+    @property
+    def name(self) -> str:
+        return X.name_of(self.reason)
+
+    @property
+    def entry_failure(self) -> bool:
+        return bool(self.reason & X.VM_ENTRY_FAILURE)
+
+
+_GUEST_TYPE = "guest"
+_FAST_GUEST = {F.GUEST_RIP: REG.RIP, F.GUEST_RSP: REG.RSP, F.GUEST_RFLAGS: REG.RFLAGS}
+
+
+@dataclass(slots=True)
+class _Lazy:
+    """A VM exit to Python host code whose guest-state saving and host-state loading
+    are deferred: the machine still holds the guest's state.  Python host code
+    cannot tell: VMREAD of a guest field reads the live value (what the exit would
+    have saved), VMWRITE records the field, and VMRESUME applies only what changed
+    -- the same final state as saving, loading the host and loading the guest.
+    Anything that needs the VMCS or the host state in full (VMCLEAR, VMPTRLD,
+    VMXOFF, a failing entry, a handler that returns) materializes the exit first."""
+    guest_rip: int
+    written: set
+    ctx: Context | None = None
+
+
+class VmxCpu:
+    def __init__(self, machine):
+        self.m = machine
+        self.profile = machine.profile
+        self.vmx = VmxState(self.profile, machine.mem.read, machine.mem.write, on_flush=self._flush)
+        self.hosts: dict[int, Callable[["VmxCpu"], None]] = {}
+        self.exit: ExitInfo | None = None
+        self.exit_count = 0
+        self.observers: list[Callable[["VmxCpu", ExitInfo], None]] = []
+        self._stop_request: str | None = None
+        self._pending_stop: Stop | None = None
+        self._ept = None                       # (eptp, mbec) when EPT is on in non-root operation
+        self._in_host = False
+        self._lazy: _Lazy | None = None
+        # full-access encodings the processor supports -> width mask (VMREAD fast path)
+        self._supported = {f.encoding: f.mask for f in F.FIELDS if self.profile.field_supported(f)}
+        self._checked = False                  # the current VMCS passed every check at the last entry
+        self.full_checks = self.quick_checks = 0
+        m = machine
+        m.client = self._client
+        self._subscribe_root()
+
+    # ---- processor context for the instructions ------------------------------------------
+    def context(self) -> Context:
+        m = self.m
+        g = m.gprs.read()
+        c = m.ctrl.read()
+        cs_ar = m.segment("CS")[3]
+        efer = m._efer
+        hf = m.blob.load().hflags
+        mov_ss = bool(hf & CB.HF_INHIBIT_IRQ) and not g[REG.RFLAGS] & AR.RFLAGS_IF
+        return Context(cpl=m.cpl(), cr0=c[REG.CR0], cr4=c[REG.CR4], efer_lma=bool(efer & 0x400),
+                       cs_l=bool(cs_ar & (1 << 13)), v8086=bool(g[REG.RFLAGS] & AR.RFLAGS_VM),
+                       feature_control=m.msrs.peek(0x3A), mov_ss_blocking=mov_ss)
+
+    # ---- the Python API ------------------------------------------------------------------
+    def _py(self, out: Outcome) -> Outcome:
+        if out.kind == "exception":
+            raise VmxFault(out.vector, out.error_code)
+        if out.kind == "exit":
+            raise VmxFault(EV.UD)      # Python host code never runs in VMX non-root operation
+        if self._lazy is None:         # (after a lazy exit the machine's RFLAGS are the guest's)
+            g = self.m.gprs.read()
+            g[REG.RFLAGS] = out.rflags(g[REG.RFLAGS])
+            self.m.gprs.write()
+        if out.kind == "fail_invalid":
+            raise VmxFail(None)
+        if out.kind == "fail_valid":
+            raise VmxFail(out.error)
+        return out
+
+    def _ctx(self) -> Context:
+        lazy = self._lazy
+        if lazy is None:
+            return self.context()
+        if lazy.ctx is None:
+            lazy.ctx = self._host_context()
+        return lazy.ctx
+
+    def _host_context(self) -> Context:
+        """The processor context right after a VM exit, from the host-state area
+        ("Loading Host State"): CPL 0, host CR0/CR4, 64-bit mode per the host
+        address-space size."""
+        v = self.vmx.current_vmcs.values
+        long = bool(v.get(F.VM_EXIT_CONTROLS, 0) & C.VM_EXIT_HOST_ADDR_SPACE_SIZE)
+        return Context(cpl=0, cr0=v.get(F.HOST_CR0, 0), cr4=v.get(F.HOST_CR4, 0), efer_lma=long, cs_l=long,
+                       feature_control=self.m.msrs.peek(0x3A))
+
+    def vmxon(self, address: int) -> None:
+        self._py(self.vmx.vmxon(self._ctx(), address))
+        self._after_vmx_change()
+
+    def vmxoff(self) -> None:
+        self.materialize()
+        self._py(self.vmx.vmxoff(self.context()))
+        self._after_vmx_change()
+
+    def vmclear(self, address: int) -> None:
+        self.materialize()
+        self._py(self.vmx.vmclear(self.context(), address))
+        self._checked = False
+
+    def vmptrld(self, address: int) -> None:
+        self.materialize()
+        cur = self.vmx.current
+        self._py(self.vmx.vmptrld(self.context(), address))
+        if self.vmx.current != cur:
+            self._checked = False
+
+    def vmptrst(self) -> int:
+        return self._py(self.vmx.vmptrst(self._ctx())).value
+
+    def vmread(self, field: str | int) -> int:
+        enc = field if isinstance(field, int) else F.by_name(field).encoding
+        lazy = self._lazy
+        if lazy is not None:
+            if (enc & 0xC00) == 0x800:           # a guest-state field
+                self._lazy_guest_field(enc & ~1)
+            f = self._supported.get(enc)          # right after an exit: CPL 0, a current VMCS
+            if f is not None:
+                return self.vmx.current_vmcs.values.get(enc, 0) & f
+        return self._py(self.vmx.vmread(self._ctx(), enc)).value
+
+    def vmwrite(self, field: str | int, value: int) -> None:
+        enc = field if isinstance(field, int) else F.by_name(field).encoding
+        lazy = self._lazy
+        if lazy is not None and (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:
+            self._lazy_guest_field(enc & ~1)     # HIGH writes keep the low half: fill it first
+        self._py(self.vmx.vmwrite(self._ctx(), enc, value))
+        if lazy is not None:
+            lazy.written.add(enc & ~1)
+        else:
+            self._checked = False
+
+    def invept(self, itype: int, eptp: int = 0) -> None:
+        self._py(self.vmx.invept(self.context(), itype, struct.pack("<QQ", eptp, 0)))
+
+    def invvpid(self, itype: int, vpid: int = 0, linear: int = 0) -> None:
+        self._py(self.vmx.invvpid(self.context(), itype, struct.pack("<QQ", vpid, linear)))
+
+    def vmlaunch(self) -> None:
+        self.materialize()
+        self._enter_from(self.context(), launch=True, python=True)
+
+    def vmresume(self) -> None:
+        if self._lazy is not None:
+            self._lazy_resume()
+            return
+        self._enter_from(self.context(), launch=False, python=True)
+
+    def register_host(self, address: int, handler: Callable[["VmxCpu"], None]) -> None:
+        """Python host code at `address`: called when a VM exit loads HOST_RIP = address."""
+        self.hosts[address] = handler
+
+    def stop(self, why: str = "stop requested") -> None:
+        """From host code: end the current run() after this exit (the processor stays
+        in the state the handler left it in)."""
+        self._stop_request = why
+
+    # general registers for Python host code (VM exits do not change them)
+    def gpr(self, name: str) -> int:
+        return self.m.gprs.read()[REG.GPR_INDEX[name.upper()]]
+
+    def set_gpr(self, name: str, value: int) -> None:
+        g = self.m.gprs.read()
+        g[REG.GPR_INDEX[name.upper()]] = value & ((1 << 64) - 1)
+        self.m.gprs.write()
+
+    # ---- running ---------------------------------------------------------------------------
+    def run(self, time_budget: float | None = None, instruction_budget: int | None = None) -> Stop:
+        """Run the processor (guest, VM exits, host code) until a stop reason."""
+        while True:
+            if self._pending_stop is not None:
+                stop, self._pending_stop = self._pending_stop, None
+                return stop
+            stop = self.m.run(time_budget=time_budget, instruction_budget=instruction_budget)
+            if stop.reason == StopReason.SECOND_STAGE and self.vmx.non_root:
+                self._ept_exit(stop)
+                if self._take_stop_request():
+                    return Stop(StopReason.EVENT, self.m.rip, detail=self._last_stop_detail)
+                continue
+            if stop.reason == StopReason.EVENT and stop.event is not None and stop.event.detail == "vmx-stop":
+                return Stop(StopReason.EVENT, self.m.rip, stop.event, self._last_stop_detail)
+            return stop
+
+    _last_stop_detail = ""
+
+    def _take_stop_request(self) -> bool:
+        if self._stop_request is None:
+            return False
+        self._last_stop_detail, self._stop_request = self._stop_request, None
+        return True
+
+    # ---- the machine client -----------------------------------------------------------------
+    def _client(self, m, ev: Event) -> Action:
+        if self.vmx.non_root:
+            action = self._nonroot(ev)
+        else:
+            action = self._root(ev)
+        if self._stop_request is not None and action == Action.DONE:
+            self._take_stop_request()
+            ev.detail = "vmx-stop"
+            return Action.STOP
+        return action
+
+    # ---- VMX root operation (and outside VMX operation) -------------------------------------------
+    def _subscribe_root(self) -> None:
+        m = self.m
+        m.second_stage = None
+        m.request_interrupt_window(False)
+        m.request_nmi_window(False)
+        m.set_tsc_deadline(None)
+        kinds = set(VMX_KINDS) if self.vmx.in_vmx else {Kind.VMXON}
+        m.intercept(*kinds, exceptions=0)
+        if self.vmx.in_vmx:
+            m.cr0_fixed = (self.profile.cr0_fixed0, self.profile.cr0_fixed1)
+            m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+        else:
+            m.cr0_fixed = m.cr4_fixed = None
+
+    def _after_vmx_change(self) -> None:
+        if not self.vmx.non_root:
+            self._subscribe_root()
+
+    def _root(self, ev: Event) -> Action:
+        k = ev.kind
+        if k not in VMX_KINDS:
+            return Action.NATIVE
+        if k == Kind.VMFUNC:
+            return Action.NATIVE                      # #UD outside non-root operation
+        ctx = self.context()
+        insn = ev.insn
+        out = self._execute(k, ctx, insn)
+        if out is None:                               # VM entry performed (or failed into host)
+            return Action.DONE
+        return self._finish_insn(out, ev)
+
+    def _execute(self, k: Kind, ctx: Context, insn) -> Outcome | None:
+        m = self.m
+        v = self.vmx
+        mem_op = XI.has_memory_operand(insn) if insn is not None else False
+        if k == Kind.VMXON:
+            out = v.vmxon(ctx, self._qword(insn) if mem_op else 0, register_operand=not mem_op)
+            self._after_vmx_change()
+            return out
+        if k == Kind.VMXOFF:
+            out = v.vmxoff(ctx)
+            self._after_vmx_change()
+            return out
+        if k == Kind.VMCLEAR:
+            return v.vmclear(ctx, self._qword(insn) if mem_op else 0, register_operand=not mem_op)
+        if k == Kind.VMPTRLD:
+            return v.vmptrld(ctx, self._qword(insn) if mem_op else 0, register_operand=not mem_op)
+        if k == Kind.VMPTRST:
+            out = v.vmptrst(ctx, register_operand=not mem_op)
+            if out.kind == "succeed":
+                write_operand(m, insn, 0, out.value, 8)
+            return out
+        bits = self._operand_bits(ctx)
+        if k == Kind.VMREAD:                          # VMREAD r/m, r
+            enc = read_operand(m, insn, 1, bits // 8)
+            out = v.vmread(ctx, enc, bits)
+            if out.kind == "succeed":
+                write_operand(m, insn, 0, out.value, bits // 8)
+            return out
+        if k == Kind.VMWRITE:                         # VMWRITE r, r/m
+            enc = read_operand(m, insn, 0, bits // 8)
+            value = read_operand(m, insn, 1, bits // 8)
+            return v.vmwrite(ctx, enc, value, bits)
+        if k in (Kind.INVEPT, Kind.INVVPID):
+            itype = read_operand(m, insn, 0, bits // 8)
+            desc = m.read_linear(operand_address(m, insn, 1), 16)
+            return (v.invept if k == Kind.INVEPT else v.invvpid)(ctx, itype, desc)
+        if k == Kind.VMCALL:
+            return v.vmcall(ctx)
+        if k in (Kind.VMLAUNCH, Kind.VMRESUME):
+            self._enter_from(ctx, launch=k == Kind.VMLAUNCH, python=False, insn_length=insn.len)
+            return None
+        raise AssertionError(k)
+
+    def _operand_bits(self, ctx: Context) -> int:
+        return 64 if ctx.efer_lma and ctx.cs_l else 32
+
+    def _qword(self, insn) -> int:
+        return int.from_bytes(self.m.read_linear(operand_address(self.m, insn), 8), "little")
+
+    def _finish_insn(self, out: Outcome, ev: Event) -> Action:
+        m = self.m
+        if out.kind == "exception":
+            m.deliver(out.vector, EV.INTR_TYPE_HARD_EXCEPTION, out.error_code)
+            return Action.DONE
+        g = m.gprs.read()
+        g[REG.RFLAGS] = out.rflags(g[REG.RFLAGS])
+        g[REG.RIP] = (ev.rip + ev.length) & ((1 << 64) - 1)
+        m.gprs.write()
+        return Action.DONE
+
+    # ---- VM entry ------------------------------------------------------------------------------
+    def _enter_from(self, ctx: Context, launch: bool, python: bool, insn_length: int = 0) -> None:
+        """VMLAUNCH/VMRESUME: the instruction's checks, the VM-entry checks, then entry."""
+        v = self.vmx
+        out = v.vmlaunch(ctx, resume=not launch)
+        if out.kind != "entry":
+            self._instruction_result(out, python, insn_length)
+            return
+        vmcs = v.current_vmcs
+        self.full_checks += 1
+        result = check(vmcs, self.profile, memory=self._read_host_or_none,
+                       instruction="vmlaunch" if launch else "vmresume", host_lma=ctx.efer_lma,
+                       mov_ss_blocking=ctx.mov_ss_blocking, vmcs_pointer=v.current)
+        if result.outcome == "vmfail_invalid":
+            self._instruction_result(Outcome("fail_invalid"), python, insn_length)
+            return
+        if result.outcome == "vmfail_valid":
+            self._instruction_result(v.fail(result.error), python, insn_length)
+            return
+        if result.outcome == "entry_failure":
+            self.last_check = result
+            self._entry_failure(result.exit_reason, result.qualification)
+            return
+        self._load_guest_and_enter(vmcs, launch)
+
+    def _instruction_result(self, out: Outcome, python: bool, insn_length: int) -> None:
+        if python:
+            self._py(out)
+            return
+        m = self.m
+        if out.kind == "exception":
+            m.deliver(out.vector, EV.INTR_TYPE_HARD_EXCEPTION, out.error_code)
+            return
+        g = m.gprs.read()
+        g[REG.RFLAGS] = out.rflags(g[REG.RFLAGS])
+        g[REG.RIP] = (g[REG.RIP] + insn_length) & ((1 << 64) - 1)
+        m.gprs.write()
+
+    def _read_host_or_none(self, address: int, size: int) -> bytes | None:
+        mem = self.m.mem
+        return mem.read(address, size) if mem.contains(address, size) else None
+
+    def _load_guest_and_enter(self, vmcs: Vmcs, launch: bool) -> None:
+        m, v = self.m, vmcs.values
+        if len(v) < len(F.FIELDS):                # every encoding present: the checker's fast path
+            for f in F.FIELDS:
+                v.setdefault(f.encoding, 0)
+        state = T.load_guest(v, m.get_state())
+        m.set_state(state)
+        entry_ctl = v.get(F.VM_ENTRY_CONTROLS, 0)
+        # "Loading MSRs": the VM-entry MSR-load area, in order (the checker has tested each entry)
+        for index, (msr, value) in enumerate(self._msr_area(v.get(F.VM_ENTRY_MSR_LOAD_ADDR, 0),
+                                                            v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0)), 1):
+            why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)
+            if why:
+                self._entry_failure(X.MSR_LOAD_FAIL, index)
+                return
+            m.msrs.write(msr, value)
+        if launch:
+            vmcs.launch_state = "launched"
+        self._checked = True
+        self.vmx.non_root = True
+        self._subscribe_nonroot(v)
+        if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
+            m.flush_tlb()                       # without VPID, entries invalidate linear mappings
+        self._inject(v)
+
+    def _inject(self, v: dict[int, int]) -> None:
+        """"Event Injection" from the VM-entry interruption-information field."""
+        m = self.m
+        info = v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0)
+        if info & _VALID:
+            vector, itype = info & 0xFF, (info >> 8) & 7
+            code = v.get(F.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & EV.INTR_INFO_DELIVER_CODE else None
+            length = v.get(F.VM_ENTRY_INSTRUCTION_LEN, 0) if itype in (4, 5, 6) else 0
+            if itype == EV.INTR_TYPE_OTHER_EVENT:
+                pass                             # MTF pending (vector 0): not modelled, see docs
+            else:
+                if m.activity == EV.ACTIVITY_HLT:
+                    m.activity = EV.ACTIVITY_ACTIVE
+                problem = m.deliver(vector, itype, code, length)
+                if problem is not None:
+                    self._event_exit(problem)
+
+    def _entry_failure(self, reason: int, qualification: int) -> None:
+        """"VM-Entry Failures During or After Loading Guest State": exit reason with
+        bit 31, the qualification, host state loaded, VM-exit MSR-load area loaded;
+        no guest state is saved."""
+        vmcs = self.vmx.current_vmcs
+        v = vmcs.values
+        v[F.VM_EXIT_REASON] = X.VM_ENTRY_FAILURE | reason
+        v[F.EXIT_QUALIFICATION] = qualification
+        v[F.VM_ENTRY_INTR_INFO_FIELD] = v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & ~_VALID
+        self.exit = ExitInfo(X.VM_ENTRY_FAILURE | reason, qualification,
+                             guest_rip=v.get(F.GUEST_RIP, 0))
+        self._to_host(v, save_guest=False)
+
+    # ---- VMX non-root operation ---------------------------------------------------------------
+    @staticmethod
+    def _controls(v: dict[int, int]) -> tuple[int, int, int, int]:
+        cpu = v.get(F.CPU_BASED_VM_EXEC_CONTROL, 0)
+        sec = v.get(F.SECONDARY_VM_EXEC_CONTROL, 0) if cpu & C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS else 0
+        return cpu, sec, v.get(F.PIN_BASED_VM_EXEC_CONTROL, 0), v.get(F.VM_EXIT_CONTROLS, 0)
+
+    def _subscribe_nonroot(self, v: dict[int, int]) -> None:
+        """Intercepts follow the controls: the kinds that can exit, or that behave
+        differently in non-root operation, go to _nonroot; the rest run natively."""
+        m = self.m
+        cpu, sec, pin, _ = self._controls(v)
+        kinds = {Kind.CPUID, Kind.INVD, Kind.XSETBV, Kind.GETSEC, Kind.TRIPLE_FAULT, *VMX_KINDS}
+        kinds |= {Kind.RDMSR, Kind.WRMSR}          # exit or not per MSR: the bitmaps decide
+        if cpu & (C.CPU_BASED_UNCOND_IO_EXITING | C.CPU_BASED_USE_IO_BITMAPS):
+            kinds.add(Kind.IO)
+        if v.get(F.CR0_GUEST_HOST_MASK, 0) or v.get(F.CR4_GUEST_HOST_MASK, 0) or \
+                cpu & (C.CPU_BASED_CR3_LOAD_EXITING | C.CPU_BASED_CR3_STORE_EXITING |
+                       C.CPU_BASED_CR8_LOAD_EXITING | C.CPU_BASED_CR8_STORE_EXITING):
+            kinds |= {Kind.MOV_TO_CR, Kind.MOV_FROM_CR, Kind.CLTS, Kind.LMSW}
+        if cpu & C.CPU_BASED_MOV_DR_EXITING:
+            kinds.add(Kind.MOV_DR)
+        for control, kind in ((C.CPU_BASED_HLT_EXITING, Kind.HLT), (C.CPU_BASED_INVLPG_EXITING, Kind.INVLPG),
+                              (C.CPU_BASED_RDPMC_EXITING, Kind.RDPMC), (C.CPU_BASED_PAUSE_EXITING, Kind.PAUSE),
+                              (C.CPU_BASED_MONITOR_EXITING, Kind.MONITOR), (C.CPU_BASED_MWAIT_EXITING, Kind.MWAIT)):
+            if cpu & control:
+                kinds.add(kind)
+        if cpu & (C.CPU_BASED_RDTSC_EXITING | C.CPU_BASED_USE_TSC_OFFSETTING):
+            kinds |= {Kind.RDTSC, Kind.RDTSCP}
+        kinds |= {Kind.RDTSCP, Kind.INVPCID, Kind.XSAVES, Kind.XRSTORS}   # #UD unless enabled
+        for control, kind in ((C.SECONDARY_EXEC_WBINVD_EXITING, Kind.WBINVD),
+                              (C.SECONDARY_EXEC_RDRAND_EXITING, Kind.RDRAND),
+                              (C.SECONDARY_EXEC_RDSEED_EXITING, Kind.RDSEED)):
+            if sec & control:
+                kinds.add(kind)
+        if sec & C.SECONDARY_EXEC_DESC:
+            kinds |= {Kind.GDTR_IDTR, Kind.LDTR_TR}
+        if pin & C.PIN_BASED_EXT_INTR_MASK:
+            kinds.add(Kind.EXTERNAL_INTERRUPT)
+        if pin & C.PIN_BASED_NMI_EXITING:
+            kinds.add(Kind.NMI)
+        kinds |= {Kind.INTERRUPT_WINDOW, Kind.NMI_WINDOW, Kind.TSC_DEADLINE}
+        bitmap = v.get(F.EXCEPTION_BITMAP, 0)
+        if not bitmap >> 14 & 1 and (v.get(F.PAGE_FAULT_ERROR_CODE_MASK, 0) or v.get(F.PAGE_FAULT_ERROR_CODE_MATCH, 0)):
+            bitmap |= 1 << 14                     # #PF may exit through the error-code mask/match
+        m.intercept(*kinds, exceptions=bitmap)
+        m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
+        m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
+        if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
+            rate = self.profile.misc & 0x1F
+            m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
+        else:
+            m.set_tsc_deadline(None)
+        if sec & C.SECONDARY_EXEC_ENABLE_EPT:
+            self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
+            m.second_stage = self._second_stage
+        else:
+            self._ept = None
+            m.second_stage = None
+        # In VMX non-root operation CR0/CR4 fixed bits apply to the guest's values
+        # ("Changes to Instruction Behavior": unrestricted guest relaxes PE and PG).
+        f0 = self.profile.cr0_fixed0
+        if sec & C.SECONDARY_EXEC_UNRESTRICTED_GUEST:
+            f0 &= ~(AR.CR0_PE | AR.CR0_PG)
+        m.cr0_fixed = (f0, self.profile.cr0_fixed1)
+        m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+
+    def _nonroot(self, ev: Event) -> Action:
+        k = ev.kind
+        v = self.vmx.current_vmcs.values
+        cpu, sec, pin, _ = self._controls(v)
+        m = self.m
+        if k == Kind.CPUID or k == Kind.INVD or k == Kind.XSETBV or k == Kind.VMCALL:
+            return self._instruction_exit(ev, {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV,
+                                               Kind.VMCALL: X.VMCALL}[k])
+        if k in (Kind.RDMSR, Kind.WRMSR):
+            bitmap = v.get(F.MSR_BITMAP, 0) if cpu & C.CPU_BASED_USE_MSR_BITMAPS else None
+            if msr_exits(bitmap, ev.msr, k == Kind.WRMSR, self._host_byte):
+                return self._instruction_exit(ev, X.MSR_READ if k == Kind.RDMSR else X.MSR_WRITE)
+            return Action.NATIVE
+        if k == Kind.IO:
+            maps = (v.get(F.IO_BITMAP_A, 0), v.get(F.IO_BITMAP_B, 0)) if cpu & C.CPU_BASED_USE_IO_BITMAPS else None
+            if io_exits(ev.port, ev.size, bool(cpu & C.CPU_BASED_UNCOND_IO_EXITING), maps, self._host_byte):
+                return self._io_exit(ev)
+            return Action.NATIVE
+        if k in (Kind.MOV_TO_CR, Kind.MOV_FROM_CR, Kind.CLTS, Kind.LMSW):
+            return self._cr_access(ev, v, cpu)
+        if k == Kind.MOV_DR:
+            return self._instruction_exit(ev, X.DR_ACCESS, XI.dr_access_qualification(ev.insn))
+        if k == Kind.HLT:
+            return self._instruction_exit(ev, X.HLT)
+        if k == Kind.INVLPG:
+            return self._instruction_exit(ev, X.INVLPG, ev.address or 0)
+        if k == Kind.INVPCID:
+            if not sec & C.SECONDARY_EXEC_ENABLE_INVPCID:
+                return self._raise(EV.UD)
+            if cpu & C.CPU_BASED_INVLPG_EXITING:
+                return self._instruction_exit(ev, X.INVPCID, XI.displacement(ev.insn), info=True)
+            return Action.NATIVE
+        if k in (Kind.RDPMC, Kind.PAUSE, Kind.MONITOR, Kind.MWAIT, Kind.WBINVD, Kind.RDRAND, Kind.RDSEED):
+            reason = {Kind.RDPMC: X.RDPMC, Kind.PAUSE: X.PAUSE_INSTRUCTION, Kind.MONITOR: X.MONITOR_INSTRUCTION,
+                      Kind.MWAIT: X.MWAIT_INSTRUCTION, Kind.WBINVD: X.WBINVD, Kind.RDRAND: X.RDRAND,
+                      Kind.RDSEED: X.RDSEED}[k]
+            return self._instruction_exit(ev, reason, info=k in (Kind.RDRAND, Kind.RDSEED))
+        if k in (Kind.RDTSC, Kind.RDTSCP):
+            if k == Kind.RDTSCP and not sec & C.SECONDARY_EXEC_ENABLE_RDTSCP:
+                return self._raise(EV.UD)
+            if cpu & C.CPU_BASED_RDTSC_EXITING:
+                return self._instruction_exit(ev, X.RDTSC if k == Kind.RDTSC else X.RDTSCP)
+            if cpu & C.CPU_BASED_USE_TSC_OFFSETTING:
+                return self._rdtsc_offset(ev, v, sec)
+            return Action.NATIVE
+        if k in (Kind.GDTR_IDTR, Kind.LDTR_TR):
+            reason = X.GDTR_IDTR if k == Kind.GDTR_IDTR else X.LDTR_TR
+            qual = XI.displacement(ev.insn) if XI.has_memory_operand(ev.insn) else 0
+            return self._instruction_exit(ev, reason, qual, info=True)
+        if k in (Kind.XSAVES, Kind.XRSTORS):
+            if not sec & C.SECONDARY_EXEC_ENABLE_XSAVES:
+                return self._raise(EV.UD)
+            g = m.gprs.read()
+            rfbm = ((g[REG.RDX] & 0xFFFFFFFF) << 32) | (g[REG.RAX] & 0xFFFFFFFF)
+            if v.get(F.XSS_EXIT_BITMAP, 0) & m.msrs.peek(0xDA0) & rfbm if m.msrs.exists(0xDA0) else 0:
+                return self._instruction_exit(ev, X.XSAVES if k == Kind.XSAVES else X.XRSTORS,
+                                              XI.displacement(ev.insn), info=True)
+            return Action.NATIVE
+        if k == Kind.GETSEC:
+            return self._instruction_exit(ev, X.GETSEC)
+        if k in VMX_KINDS:
+            if k == Kind.VMFUNC:
+                return self._vmfunc(ev, v, sec)
+            mem = XI.has_memory_operand(ev.insn)
+            return self._instruction_exit(ev, _VMX_EXIT[k], XI.displacement(ev.insn) if mem else 0,
+                                          info=_VMX_EXIT[k] in X.INSTRUCTION_INFO)
+        if k == Kind.EXCEPTION:
+            return self._exception(ev, v)
+        if k == Kind.EXTERNAL_INTERRUPT:
+            return self._external_interrupt(ev, v)
+        if k == Kind.NMI:
+            return self._exit(X.EXCEPTION_NMI, 0, ev.rip, intr_info=EV.intr_info(2, EV.INTR_TYPE_NMI))
+        if k == Kind.TRIPLE_FAULT:
+            return self._exit(X.TRIPLE_FAULT, 0, ev.rip, vectoring=ev.vectoring)
+        if k == Kind.INTERRUPT_WINDOW:
+            return self._exit(X.INTERRUPT_WINDOW, 0, ev.rip)
+        if k == Kind.NMI_WINDOW:
+            return self._exit(X.NMI_WINDOW, 0, ev.rip)
+        if k == Kind.TSC_DEADLINE:
+            return self._exit(X.PREEMPTION_TIMER, 0, ev.rip, timer_expired=True)
+        return Action.NATIVE
+
+    # -- helpers of _nonroot ------------------------------------------------------------------
+    def _host_byte(self, address: int) -> int:
+        return self.m.mem.read(address, 1)[0] if self.m.mem.contains(address, 1) else 0xFF
+
+    def _raise(self, vector: int, error_code: int | None = None, rip: int | None = None) -> Action:
+        """An exception raised by a guest instruction in non-root operation: a VM exit
+        if the exception bitmap says so, else delivered through the guest's IDT."""
+        rip = self.m.rip if rip is None else rip
+        ev = Event(Kind.EXCEPTION, rip, vector=vector, event_type=EV.INTR_TYPE_HARD_EXCEPTION,
+                   error_code=error_code)
+        action = self._exception(ev, self.vmx.current_vmcs.values)
+        if action != Action.NATIVE:
+            return action
+        problem = self.m.deliver(vector, EV.INTR_TYPE_HARD_EXCEPTION, error_code)
+        if problem is not None:
+            return self._event_exit(problem)
+        return Action.DONE
+
+    def _instruction_exit(self, ev: Event, reason: int, qualification: int = 0, info: bool = False) -> Action:
+        insn_info = 0
+        if info and ev.insn is not None:
+            insn_info = XI.instruction_information(reason, ev.insn, self._bitness())
+        gla = None
+        if info and ev.insn is not None and XI.has_memory_operand(ev.insn):
+            gla = ev.address
+        return self._exit(reason, qualification, ev.rip, length=ev.length, insn_info=insn_info, gla=gla)
+
+    def _bitness(self) -> int:
+        ctx_l = self.m.segment("CS")[3]
+        if self.m._efer & 0x400 and ctx_l & (1 << 13):
+            return 64
+        return 32 if ctx_l & (1 << 14) else 16
+
+    def _io_exit(self, ev: Event) -> Action:
+        imm = ev.insn is not None and ev.insn.op_count and any(
+            ev.insn.op_kind(i) in (_OK.IMMEDIATE8,) for i in range(ev.insn.op_count))
+        qual = XI.io_qualification(ev.port, ev.size, ev.is_in, ev.string, ev.rep, bool(imm))
+        info = 0
+        gla = None
+        if ev.string:
+            if self.profile.basic >> 54 & 1:      # INS/OUTS instruction information (BASIC bit 54)
+                info = XI.instruction_information(X.IO_INSTRUCTION, ev.insn, self._bitness())
+            gla = self._string_io_address(ev)
+        return self._exit(X.IO_INSTRUCTION, qual, ev.rip, length=ev.length, insn_info=info, gla=gla)
+
+    _STRING_OPS = {_OK.MEMORY_SEG_RSI: (REG.RSI, 8), _OK.MEMORY_SEG_ESI: (REG.RSI, 4), _OK.MEMORY_SEG_SI: (REG.RSI, 2),
+                   _OK.MEMORY_ESRDI: (REG.RDI, 8), _OK.MEMORY_ESEDI: (REG.RDI, 4), _OK.MEMORY_ESDI: (REG.RDI, 2)}
+
+    def _string_io_address(self, ev: Event) -> int:
+        """Linear address of the memory operand of INS (ES:rDI) or OUTS (DS:rSI, or
+        the segment override), for the guest-linear-address field."""
+        insn = ev.insn
+        for i in range(insn.op_count):
+            spec = self._STRING_OPS.get(insn.op_kind(i))
+            if spec is not None:
+                reg, size = spec
+                bitness = self._bitness()
+                offset = self.m.gprs.read()[reg] & ((1 << (8 * size)) - 1)
+                return (segment_base(self.m, insn.memory_segment, bitness) + offset) & ((1 << 64) - 1)
+        return 0
+
+    def _cr_access(self, ev: Event, v: dict[int, int], cpu: int) -> Action:
+        m = self.m
+        k = ev.kind
+        qual = XI.cr_access_qualification(ev.insn)
+        if k == Kind.MOV_TO_CR:
+            n, value = ev.cr, ev.value
+            if n in (0, 4):
+                mask = v.get(F.CR0_GUEST_HOST_MASK if n == 0 else F.CR4_GUEST_HOST_MASK, 0)
+                shadow = v.get(F.CR0_READ_SHADOW if n == 0 else F.CR4_READ_SHADOW, 0)
+                if (value ^ shadow) & mask:
+                    return self._instruction_exit(ev, X.CR_ACCESS, qual)
+                if not mask:
+                    return Action.NATIVE
+                cur = m.ctrl.read()[REG.CR0 if n == 0 else REG.CR4]
+                new = (cur & mask) | (value & ~mask)          # host-owned bits are not modified
+                (m.write_cr0 if n == 0 else m.write_cr4)(new)
+                return self._advance(ev)
+            if n == 3:
+                if cpu & C.CPU_BASED_CR3_LOAD_EXITING:
+                    count = v.get(F.CR3_TARGET_COUNT, 0)
+                    targets = [v.get(F.CR3_TARGET_VALUE0 + 2 * i, 0) for i in range(min(count, 4))]
+                    if value not in targets:
+                        return self._instruction_exit(ev, X.CR_ACCESS, qual)
+                return Action.NATIVE
+            if n == 8 and cpu & C.CPU_BASED_CR8_LOAD_EXITING:
+                return self._instruction_exit(ev, X.CR_ACCESS, qual)
+            return Action.NATIVE
+        if k == Kind.MOV_FROM_CR:
+            n = ev.cr
+            if n in (0, 4):
+                mask = v.get(F.CR0_GUEST_HOST_MASK if n == 0 else F.CR4_GUEST_HOST_MASK, 0)
+                if not mask:
+                    return Action.NATIVE
+                shadow = v.get(F.CR0_READ_SHADOW if n == 0 else F.CR4_READ_SHADOW, 0)
+                cur = m.ctrl.read()[REG.CR0 if n == 0 else REG.CR4]
+                set_gpr(m, ev.insn.op_register(0), (cur & ~mask) | (shadow & mask))
+                return self._advance(ev)
+            if (n == 3 and cpu & C.CPU_BASED_CR3_STORE_EXITING) or (n == 8 and cpu & C.CPU_BASED_CR8_STORE_EXITING):
+                return self._instruction_exit(ev, X.CR_ACCESS, qual)
+            return Action.NATIVE
+        mask = v.get(F.CR0_GUEST_HOST_MASK, 0)
+        shadow = v.get(F.CR0_READ_SHADOW, 0)
+        if k == Kind.CLTS:
+            if mask & AR.CR0_TS and shadow & AR.CR0_TS:
+                return self._instruction_exit(ev, X.CR_ACCESS, qual)
+            if mask & AR.CR0_TS:
+                return self._advance(ev)                       # TS is host-owned: unchanged
+            return Action.NATIVE
+        # LMSW ("Instructions That Cause VM Exits Conditionally"): exits if it would set PE
+        # where the mask owns PE and the shadow has it clear, or change a host-owned bit 3:1.
+        src = ev.value & 0xFFFF
+        if mask & src & ~shadow & AR.CR0_PE or mask & 0xE & (src ^ shadow):
+            return self._exit(X.CR_ACCESS, qual | (src << 16), ev.rip, length=ev.length, gla=ev.address)
+        if not mask & 0xF:
+            return Action.NATIVE
+        cur = m.ctrl.read()[REG.CR0]
+        new = (cur & ~0xF) | (src & 0xE) | ((cur | src) & AR.CR0_PE)   # LMSW never clears PE
+        m.write_cr0((cur & mask) | (new & ~mask))                      # host-owned bits unchanged
+        return self._advance(ev)
+
+    def _advance(self, ev: Event) -> Action:
+        g = self.m.gprs.read()
+        g[REG.RIP] = ev.rip + ev.length
+        self.m.gprs.write()
+        return Action.DONE
+
+    def _rdtsc_offset(self, ev: Event, v: dict[int, int], sec: int) -> Action:
+        """RDTSC/RDTSCP with "use TSC offsetting" (and TSC scaling): the value read is
+        (TSC * multiplier >> 48) + offset ("Changes to Instruction Behavior")."""
+        m = self.m
+        tsc = m.tsc.read()
+        if sec & C.SECONDARY_EXEC_TSC_SCALING:
+            tsc = (tsc * v.get(F.TSC_MULTIPLIER, 0)) >> 48
+        value = (tsc + v.get(F.TSC_OFFSET, 0)) & ((1 << 64) - 1)
+        g = m.gprs.read()
+        g[REG.RAX], g[REG.RDX] = value & 0xFFFFFFFF, value >> 32
+        if ev.kind == Kind.RDTSCP:
+            g[REG.RCX] = m.msrs.peek(0xC0000103) & 0xFFFFFFFF
+        g[REG.RIP] = ev.rip + ev.length
+        m.gprs.write()
+        return Action.DONE
+
+    def _vmfunc(self, ev: Event, v: dict[int, int], sec: int) -> Action:
+        """VMFUNC in non-root operation ("VM Functions"): EPTP switching (function 0)."""
+        g = self.m.gprs.read()
+        func, index = g[REG.RAX] & 0xFFFFFFFF, g[REG.RCX] & 0xFFFFFFFF
+        enabled = sec & C.SECONDARY_EXEC_ENABLE_VMFUNC and func < 64 and v.get(F.VM_FUNCTION_CONTROL, 0) >> func & 1
+        if not enabled or func != 0 or index >= 512:
+            return self._instruction_exit(ev, X.VMFUNC)
+        from ..checks.eptp import eptp_problems
+        new = int.from_bytes(self.m.mem.read(v.get(F.EPTP_LIST_ADDRESS, 0) + 8 * index, 8), "little")
+        if eptp_problems(new, self.profile):
+            return self._instruction_exit(ev, X.VMFUNC)
+        v[F.EPT_POINTER] = new
+        if sec & C.SECONDARY_EXEC_EPT_VIOLATION_VE:
+            v[F.EPTP_INDEX] = index
+        self._ept = (new, self._ept[1] if self._ept else False)
+        self.m.flush_tlb()
+        return self._advance(ev)
+
+    def _exception(self, ev: Event, v: dict[int, int]) -> Action:
+        """Exceptions through the exception bitmap ("Exceptions": #PF uses the error-code
+        mask and match)."""
+        vector, itype = ev.vector, ev.event_type
+        if itype == EV.INTR_TYPE_SOFT_INTR:
+            return Action.NATIVE                          # INT n never exits through the bitmap
+        bitmap = v.get(F.EXCEPTION_BITMAP, 0)
+        if vector == EV.PF:
+            match = (ev.error_code & v.get(F.PAGE_FAULT_ERROR_CODE_MASK, 0)) == v.get(F.PAGE_FAULT_ERROR_CODE_MATCH, 0)
+            exits = bool(bitmap >> 14 & 1) == match
+        else:
+            exits = bool(bitmap >> vector & 1)
+        if not exits:
+            return Action.NATIVE
+        code = ev.error_code
+        info = EV.intr_info(vector, itype, code is not None)
+        qual = 0
+        if vector == EV.PF:
+            qual = ev.cr2 or 0
+        length = ev.length if itype in (EV.INTR_TYPE_SOFT_EXCEPTION, EV.INTR_TYPE_PRIV_SW_EXCEPTION) else 0
+        return self._exit(X.EXCEPTION_NMI, qual, ev.rip, length=length, intr_info=info,
+                          intr_error=code or 0, vectoring=ev.vectoring)
+
+    def _external_interrupt(self, ev: Event, v: dict[int, int]) -> Action:
+        info = 0
+        if v.get(F.VM_EXIT_CONTROLS, 0) & C.VM_EXIT_ACK_INTR_ON_EXIT:
+            vector = self.m.acknowledge_interrupt()
+            info = EV.intr_info(vector, EV.INTR_TYPE_EXT_INTR)
+        return self._exit(X.EXTERNAL_INTERRUPT, 0, ev.rip, intr_info=info)
+
+    def _event_exit(self, problem: Event) -> Action:
+        """An event raised while delivering another (injection or native delivery)."""
+        if problem.kind == Kind.TRIPLE_FAULT:
+            return self._exit(X.TRIPLE_FAULT, 0, problem.rip, vectoring=problem.vectoring)
+        if problem.kind == Kind.EXCEPTION:
+            return self._exception(problem, self.vmx.current_vmcs.values)
+        return Action.DONE
+
+    # ---- EPT ----------------------------------------------------------------------------------------
+    def _second_stage(self, gpa: int, access: int, linear, paging_entry: bool):
+        eptp, mbec = self._ept
+        mem = self.m.mem
+        kind = {PG.READ: EPT.READ, PG.WRITE: EPT.WRITE, PG.FETCH: EPT.FETCH}[access]
+        try:
+            t = EPT.translate(eptp, gpa, kind, mem.read64, mem.write64, maxphyaddr=self.profile.maxphyaddr,
+                              execute_only=self.profile.ept_cap("ept_execute_only"),
+                              one_gb_pages=self.profile.ept_cap("ept_1gb"), mbec=mbec,
+                              user=mbec and self.m.fast_cpl() == 3, paging_structure=paging_entry)
+        except (EPT.EptViolation, EPT.EptMisconfig) as e:
+            raise SecondStageRefusal(e) from None
+        allowed = (PG.READ if t.perms & 1 else 0) | (PG.WRITE if t.perms & 2 else 0) \
+            | (PG.FETCH if t.perms & 4 else 0)
+        if eptp & 0x40 and not t.dirty:
+            # With EPT A/D the first write must set the leaf's dirty flag: grant writes only
+            # once it is set (a later write comes back through a new fill).
+            allowed &= ~PG.WRITE
+        return t.hpa, allowed
+
+    def _ept_exit(self, stop: Stop) -> None:
+        refusal = stop.event.detail if stop.event is not None else None
+        payload = getattr(refusal, "payload", None)
+        ev = stop.event
+        gpa = refusal.gpa if getattr(refusal, "gpa", None) is not None else payload.gpa   # the exact address
+        if isinstance(payload, EPT.EptMisconfig):
+            self._exit(X.EPT_MISCONFIG, 0, stop.rip, gpa=gpa)
+            return
+        assert isinstance(payload, EPT.EptViolation), stop
+        qual = payload.qualification
+        gla = refusal.linear
+        if gla is not None:
+            qual |= 1 << 7
+            if not refusal.paging_entry:
+                qual |= 1 << 8
+        self._exit(X.EPT_VIOLATION, qual, stop.rip, gla=gla, gpa=gpa,
+                   vectoring=ev.vectoring if ev is not None else None)
+
+    # ---- VM exit ----------------------------------------------------------------------------------------
+    def _exit(self, reason: int, qualification: int, guest_rip: int, *, length: int = 0, insn_info: int = 0,
+              gla: int | None = None, gpa: int | None = None, intr_info: int = 0, intr_error: int = 0,
+              vectoring=None, timer_expired: bool = False) -> Action:
+        """A VM exit ("VM Exits"): exit information, guest state saved, MSRs
+        stored, host state and MSRs loaded; then host code at HOST_RIP."""
+        vmcs = self.vmx.current_vmcs
+        v = vmcs.values
+        idt_info = idt_err = 0
+        if vectoring is not None:
+            idt_info = EV.intr_info(vectoring.vector, vectoring.type, vectoring.error_code is not None)
+            idt_err = vectoring.error_code or 0
+        v[F.VM_EXIT_REASON] = reason
+        v[F.EXIT_QUALIFICATION] = qualification & ((1 << 64) - 1)
+        v[F.VM_EXIT_INSTRUCTION_LEN] = length
+        v[F.VMX_INSTRUCTION_INFO] = insn_info
+        v[F.VM_EXIT_INTR_INFO] = intr_info
+        v[F.VM_EXIT_INTR_ERROR_CODE] = intr_error
+        v[F.IDT_VECTORING_INFO_FIELD] = idt_info
+        v[F.IDT_VECTORING_ERROR_CODE] = idt_err
+        if gla is not None:
+            v[F.GUEST_LINEAR_ADDRESS] = gla & ((1 << 64) - 1)
+        if gpa is not None:
+            v[F.GUEST_PHYSICAL_ADDRESS] = gpa
+        # "the valid bit of the VM-entry interruption-information field is cleared"
+        v[F.VM_ENTRY_INTR_INFO_FIELD] = v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & ~_VALID
+        self.exit = ExitInfo(reason, qualification, guest_rip, length, insn_info, gla, gpa, intr_info,
+                             intr_error, idt_info, idt_err)
+        self.exit_count += 1
+        exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
+        handler = self.hosts.get(v.get(F.HOST_RIP, 0))
+        if handler is not None and not v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) and not v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0) \
+                and not exit_ctl & C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
+            return self._lazy_exit(handler, guest_rip)
+        state = self.m.get_state()
+        state["GUEST_RIP"] = guest_rip
+        if exit_ctl & C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
+            deadline = self.m._tsc_deadline
+            left = 0 if timer_expired or deadline is None else max(0, deadline - self.m.tsc.read())
+            v[F.VMX_PREEMPTION_TIMER_VALUE] = left >> (self.profile.misc & 0x1F)
+        T.save_guest(state, v, exit_ctl, store_lma=bool(self.profile.misc >> 5 & 1))
+        if self._ept is not None and self.m.pdptes is not None:
+            for i, pdpte in enumerate(self.m.pdptes):
+                v[F.GUEST_PDPTR0 + 2 * i] = pdpte
+        # "Saving MSRs": the VM-exit MSR-store area
+        store = v.get(F.VM_EXIT_MSR_STORE_ADDR, 0)
+        for i in range(v.get(F.VM_EXIT_MSR_STORE_COUNT, 0)):
+            entry = store + 16 * i
+            msr = int.from_bytes(self.m.mem.read(entry, 4), "little")
+            why = msrmodel.rdmsr_fault(self.profile, msr)
+            if why or msr >> 8 == 0x8:
+                self._vmx_abort(1)
+                return Action.STOP
+            self.m.mem.write(entry + 8, self.m.msrs.read(msr).to_bytes(8, "little"))
+        self._to_host(v, save_guest=True, state=state)
+        return Action.DONE
+
+    # ---- the lazy exit to Python host code ------------------------------------------------------
+    def _lazy_exit(self, handler, guest_rip: int) -> Action:
+        self._lazy = _Lazy(guest_rip, set())
+        self.vmx.non_root = False
+        for fn in self.observers:
+            fn(self, self.exit)
+        self._in_host = True
+        try:
+            handler(self)
+        except (VmxFail, VmxFault) as e:
+            self.materialize()
+            self.stop(f"host code at {self.vmx.current_vmcs.values.get(F.HOST_RIP, 0):#x} raised {e}")
+        finally:
+            self._in_host = False
+        if self._lazy is not None:                 # returned without VMRESUME
+            self.materialize()
+            if self._stop_request is None:
+                self.stop(f"host code at {self.vmx.current_vmcs.values.get(F.HOST_RIP, 0):#x} returned "
+                          "without VMRESUME: the processor is in VMX root operation at HOST_RIP")
+        return Action.DONE
+
+    def _lazy_guest_field(self, enc: int) -> None:
+        """Make the VMCS hold the value the exit saved for guest field `enc`."""
+        lazy = self._lazy
+        if enc in lazy.written:
+            return
+        v = self.vmx.current_vmcs.values
+        if enc == F.GUEST_RIP:
+            v[enc] = lazy.guest_rip
+        elif enc in _FAST_GUEST:
+            v[enc] = self.m.gprs.read()[_FAST_GUEST[enc]]
+        else:
+            self._save_guest_now(v)
+            return
+        lazy.written.add(enc)            # now current in the VMCS (not re-read)
+
+    def _save_guest_now(self, v: dict[int, int]) -> None:
+        """"Saving Guest State" from the live machine into the VMCS, keeping fields
+        the host code has written since the exit."""
+        lazy = self._lazy
+        keep = {enc: v[enc] for enc in lazy.written if enc in v}
+        state = self.m.get_state()
+        state["GUEST_RIP"] = lazy.guest_rip
+        T.save_guest(state, v, v.get(F.VM_EXIT_CONTROLS, 0), store_lma=bool(self.profile.misc >> 5 & 1))
+        if self._ept is not None and self.m.pdptes is not None:
+            for i, pdpte in enumerate(self.m.pdptes):
+                v[F.GUEST_PDPTR0 + 2 * i] = pdpte
+        v.update(keep)
+        lazy.written |= {enc for enc, _ in zip(VMCS_ENCODINGS, VMCS_KEYS)}
+        lazy.written.add(-1)             # marker: the guest area is complete
+
+    def materialize(self) -> None:
+        """Finish a lazy exit: save the guest state into the VMCS and load the host
+        state into the machine, as the exit would have done at once."""
+        lazy = self._lazy
+        if lazy is None:
+            return
+        vmcs = self.vmx.current_vmcs
+        v = vmcs.values
+        written = set(lazy.written)
+        if -1 not in lazy.written:
+            self._save_guest_now(v)
+        self._lazy = None
+        self._checked = self._checked and not (written - {-1})
+        state = self.m.get_state()
+        host = T.load_host(v, state, self.profile.maxphyaddr)
+        self.m.set_state(host)
+        self._subscribe_root()
+        if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
+            self.m.flush_tlb()
+
+    def _lazy_resume(self) -> None:
+        """VMRESUME from Python host code after a lazy exit."""
+        lazy = self._lazy
+        vmcs = self.vmx.current_vmcs
+        v = vmcs.values
+        ctx = self._ctx()
+        out = self.vmx.vmlaunch(ctx, resume=True)
+        if out.kind != "entry":
+            self.materialize()
+            self._py(out)
+            return
+        changed = lazy.written - {-1} - set(VMCS_ENCODINGS) if -1 in lazy.written else lazy.written
+        if self._checked:
+            self.quick_checks += 1
+            result = check_changed(vmcs, self.profile, changed, memory=self._read_host_or_none,
+                                   host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current)
+        else:
+            self.full_checks += 1
+            result = check(vmcs, self.profile, memory=self._read_host_or_none, instruction="vmresume",
+                           host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current)
+        if result.outcome != "success" or not self._fast_reentry(v, lazy):
+            self.materialize()
+            self._enter_from(self._host_context(), launch=False, python=True)
+            return
+        self._lazy = None
+        self._checked = True
+        self.vmx.non_root = True
+        if changed & _CONTROL_FIELDS:
+            self._subscribe_nonroot(v)
+        else:
+            self._rearm(v)
+        if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
+            self.m.flush_tlb()
+        self._inject(v)
+
+    def _fast_reentry(self, v: dict[int, int], lazy: _Lazy) -> bool:
+        """Apply to the live guest state what exit + entry would change; False when
+        that is more than the fast path handles (then the full path runs)."""
+        m = self.m
+        written = lazy.written
+        guest_written = {enc for enc in written if (enc & 0xC00) == 0x800}
+        if -1 in written or not guest_written <= _FAST_GUEST.keys() or v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0):
+            return False
+        exit_ctl, entry_ctl = v.get(F.VM_EXIT_CONTROLS, 0), v.get(F.VM_ENTRY_CONTROLS, 0)
+        # State the exit loads from the host area and the entry does not load back
+        # ("Loading Host State" then "Loading Guest State"): compose the two.
+        c = m.ctrl.read()
+        if entry_ctl & C.VM_ENTRY_LOAD_DEBUG_CONTROLS:
+            if exit_ctl & C.VM_EXIT_SAVE_DEBUG_CONTROLS:
+                dr7, debugctl = c[REG.DR7], m.msrs.peek(0x1D9)
+            else:
+                dr7, debugctl = (v.get(F.GUEST_DR7, 0) & ~0xD000) | 0x400, v.get(F.GUEST_IA32_DEBUGCTL, 0)
+        else:
+            dr7, debugctl = 0x400, 0
+        if dr7 != c[REG.DR7]:
+            c[REG.DR7] = dr7
+            m.ctrl.write()
+        if debugctl != m.msrs.peek(0x1D9):
+            m.msrs.poke(0x1D9, debugctl)
+        live = m._efer
+        if entry_ctl & C.VM_ENTRY_LOAD_IA32_EFER:
+            efer = live if exit_ctl & C.VM_EXIT_SAVE_IA32_EFER else v.get(F.GUEST_IA32_EFER, 0)
+        else:
+            host_long = bool(exit_ctl & C.VM_EXIT_HOST_ADDR_SPACE_SIZE)
+            efer = v.get(F.HOST_IA32_EFER, 0) if exit_ctl & C.VM_EXIT_LOAD_IA32_EFER else \
+                (live & ~0x500) | (0x500 if host_long else 0)
+            ia32e = bool(entry_ctl & C.VM_ENTRY_IA32E_MODE)
+            efer = (efer & ~0x400) | (0x400 if ia32e else 0)
+            if c[REG.CR0] & AR.CR0_PG:
+                efer = (efer & ~0x100) | (0x100 if ia32e else 0)
+        if efer != live:
+            return False                       # a mode change: the full path loads it
+        pat = m.msrs.peek(0x277)
+        if entry_ctl & C.VM_ENTRY_LOAD_IA32_PAT:
+            new_pat = pat if exit_ctl & C.VM_EXIT_SAVE_IA32_PAT else v.get(F.GUEST_IA32_PAT, 0)
+        else:
+            new_pat = v.get(F.HOST_IA32_PAT, 0) if exit_ctl & C.VM_EXIT_LOAD_IA32_PAT else pat
+        if new_pat != pat:
+            m.msrs.poke(0x277, new_pat)
+        if guest_written:
+            g = m.gprs.read()
+            for enc in guest_written:
+                g[_FAST_GUEST[enc]] = v[enc]
+            g[REG.RFLAGS] |= 2
+            m.gprs.write()
+        return True
+
+    def _rearm(self, v: dict[int, int]) -> None:
+        """What every entry re-arms: window requests and the preemption timer."""
+        m = self.m
+        cpu, _, pin, _ = self._controls(v)
+        m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
+        m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
+        if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
+            rate = self.profile.misc & 0x1F
+            m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
+
+    def _to_host(self, v: dict[int, int], save_guest: bool, state: dict | None = None) -> None:
+        m = self.m
+        if state is None:
+            state = m.get_state()
+        host = T.load_host(v, state, self.profile.maxphyaddr)
+        m.set_state(host)
+        # "Loading MSRs" on VM exit: the VM-exit MSR-load area
+        for msr, value in self._msr_area(v.get(F.VM_EXIT_MSR_LOAD_ADDR, 0), v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)):
+            why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)
+            if why or msr in (0xC0000100, 0xC0000101) or msr >> 8 == 0x8:
+                self._vmx_abort(4)
+                return
+            m.msrs.write(msr, value)
+        self.vmx.non_root = False
+        self._subscribe_root()
+        if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
+            m.flush_tlb()
+        for fn in self.observers:
+            fn(self, self.exit)
+        handler = self.hosts.get(v.get(F.HOST_RIP, 0))
+        if handler is not None:
+            self._in_host = True
+            try:
+                handler(self)
+            finally:
+                self._in_host = False
+
+    def _msr_area(self, address: int, count: int):
+        for i in range(count):
+            raw = self.m.mem.read(address + 16 * i, 16)
+            msr, _reserved, value = struct.unpack("<IIQ", raw)
+            yield msr, value
+
+    def _vmx_abort(self, indicator: int) -> None:
+        """"VMX Aborts": the abort indicator is written into the VMCS region and the
+        processor enters shutdown."""
+        ptr = self.vmx.current
+        self.m.mem.write(ptr + 4, struct.pack("<I", indicator))
+        self.m.activity = EV.ACTIVITY_SHUTDOWN
+        self.vmx.non_root = False
+        self._subscribe_root()
+
+    def _flush(self, kind: str, arg: int) -> None:
+        self.m.flush_tlb()
+
+    # ---- leaving VMX operation from Python host code ------------------------------------------
+    def devirtualize(self, rip: int) -> None:
+        """From host code: VMXOFF, then continue the guest of the last VM exit natively
+        at `rip` with its state intact -- the seed's VMXRestoreState in reverse.  The
+        guest state is what the exit saved (plus the host code's VMWRITEs to guest
+        fields) and the live general registers."""
+        lazy = self._lazy
+        guest_fields = {enc for enc in (lazy.written if lazy else ()) if enc != -1 and (enc & 0xC00) == 0x800}
+        if lazy is not None and -1 not in lazy.written and guest_fields <= _FAST_GUEST.keys():
+            # the machine still holds the guest's state: apply what the host code changed
+            v = self.vmx.current_vmcs.values
+            ctx = self._ctx()
+            self._lazy = None
+            out = self.vmx.vmxoff(ctx)
+            if out.kind != "succeed":
+                raise VmxFault(out.vector or EV.UD)
+            g = self.m.gprs.read()
+            for enc in guest_fields:
+                g[_FAST_GUEST[enc]] = v[enc]
+            g[REG.RIP] = rip
+            self.m.gprs.write()
+        else:
+            self.materialize()
+            state = self.guest_snapshot()
+            self._py(self.vmx.vmxoff(self.context()))
+            state["GUEST_RIP"] = rip
+            self.m.set_state(state)
+        self._checked = False
+        self._subscribe_root()
+
+    def guest_snapshot(self) -> dict[str, int]:
+        """The guest's processor state as the exit saved it in the current VMCS, with
+        the live general registers (VM exits do not change them): what devirtualize()
+        puts back.  MSR fields the exit controls did not save keep the live value."""
+        v = self.vmx.current_vmcs.values
+        s = self.m.get_state()
+        exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
+        unsaved = set()
+        if not exit_ctl & C.VM_EXIT_SAVE_IA32_EFER:
+            unsaved.add("GUEST_IA32_EFER")
+        if not exit_ctl & C.VM_EXIT_SAVE_IA32_PAT:
+            unsaved.add("GUEST_IA32_PAT")
+        if not exit_ctl & C.VM_EXIT_SAVE_DEBUG_CONTROLS:
+            unsaved |= {"GUEST_DR7", "GUEST_IA32_DEBUGCTL"}
+        for key, enc in zip(VMCS_KEYS, VMCS_ENCODINGS):
+            if key not in unsaved:
+                s[key] = v.get(enc, 0)
+        if "GUEST_IA32_EFER" in unsaved:
+            lma = v.get(F.VM_ENTRY_CONTROLS, 0) & C.VM_ENTRY_IA32E_MODE
+            s["GUEST_IA32_EFER"] = (s["GUEST_IA32_EFER"] & ~0x500) | (0x500 if lma else 0)
+        return s
