@@ -203,9 +203,18 @@ def check(vmcs: Vmcs | None, profile: Profile, memory: Memory | None = None,
 _BY_FIELDS: dict[frozenset, tuple] = {}
 
 
+def entry_context(vmcs: Vmcs, profile: Profile, instruction: str = "vmresume", host_lma: bool = True,
+                  vmcs_pointer: int | None = None, mov_ss_blocking: bool = False) -> Entry:
+    """The Entry (effective controls, processor context) of a VMCS, for reuse by
+    check_changed while the VMCS's control fields do not change."""
+    values = vmcs.values
+    v = values if len(values) >= _NFIELDS else all_values(values)
+    return Entry(v, facts(profile), instruction, host_lma, mov_ss_blocking, None, vmcs_pointer, vmcs.launch_state)
+
+
 def check_changed(vmcs: Vmcs, profile: Profile, changed, memory: Memory | None = None,
                   instruction: str = "vmresume", host_lma: bool = True, mov_ss_blocking: bool = False,
-                  vmcs_pointer: int | None = None) -> Result:
+                  vmcs_pointer: int | None = None, entry: Entry | None = None) -> Result:
     """check() restricted to the rules that read a field in `changed` (encodings),
     plus the rules that read no field (the basic checks) and the MSR-load area.
 
@@ -223,7 +232,12 @@ def check_changed(vmcs: Vmcs, profile: Profile, changed, memory: Memory | None =
     k = facts(profile)
     values = vmcs.values
     v = values if len(values) >= _NFIELDS else all_values(values)   # a complete dict is used as is
-    e = Entry(v, k, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
+    if entry is not None and entry.instruction == instruction and entry.launch_state == vmcs.launch_state \
+            and not mov_ss_blocking:
+        e = entry
+        e.memory = memory
+    else:
+        e = Entry(v, k, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
     violations: list[Violation] = []
     not_checked: list[NotChecked] = []
     for r in rules:

@@ -128,6 +128,11 @@ class StateAccess:
         c = self.ctrl.read()
         efer = s["GUEST_IA32_EFER"]
         cr0 = s["GUEST_CR0"]
+        # unicorn's TLB has no address-space tags: drop it when the translation context
+        # (CR0, CR3, CR4, EFER) changes, not on every load (VM exit and entry between a
+        # host and guest that share their paging keep it)
+        paging_changed = (c[REG.CR0] != cr0 or c[REG.CR3] != s["GUEST_CR3"] or c[REG.CR4] != s["GUEST_CR4"]
+                          or self._efer != efer)
         if c[REG.CR4] != s["GUEST_CR4"]:
             io.write_reg(REG.X.UC_X86_REG_CR4, s["GUEST_CR4"])
         if c[REG.CR3] != s["GUEST_CR3"]:
@@ -177,7 +182,7 @@ class StateAccess:
         self.cr8 = s["CR8"] & 0xF
         self.activity = s["GUEST_ACTIVITY_STATE"]
         self.pending_debug = s["GUEST_PENDING_DBG_EXCEPTIONS"]
-        self._state_changed()
+        self._state_changed(paging_changed)
 
     # -- pieces used by other parts of the machine ------------------------------------------
     def cpl(self) -> int:

@@ -592,7 +592,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         return None
 
     # -- misc -------------------------------------------------------------------------------------
-    def _state_changed(self) -> None:
+    def _state_changed(self, paging_changed: bool = True) -> None:
         self._resume_native = None
         self._bp_skip = None
         c = self.ctrl.values                      # read by set_state
@@ -603,7 +603,8 @@ class Machine(StateAccess, MemoryAccess, RunControl):
                 self.pdptes = None
         else:
             self.pdptes = None
-        self.engine.flush_tlb()                   # unicorn's TLB is not tagged by address space
+        if paging_changed:
+            self.engine.flush_tlb()               # unicorn's TLB is not tagged by address space
 
     def stats(self) -> dict[str, int]:
         return {"tlb_fills": self.tlb_fills, "segments": self.segments, "emulated": self.emulated,

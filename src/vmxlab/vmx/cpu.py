@@ -44,6 +44,7 @@ from ..arch import registers as AR
 from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
 from ..caps import msrmodel
 from ..checks import check, check_changed
+from ..checks.engine import entry_context
 from ..machine import paging as PG
 from ..machine import registers as REG
 from ..machine import context_blob as CB
@@ -70,6 +71,12 @@ _VMX_EXIT = {Kind.VMXON: X.VMON, Kind.VMXOFF: X.VMOFF, Kind.VMCLEAR: X.VMCLEAR, 
 
 
 _CONTROL_FIELDS = frozenset(f.encoding for f in F.FIELDS if f.type == "control")
+_HOST_FIELDS = frozenset(f.encoding for f in F.FIELDS if f.type == "host")
+# what saving guest state can change: the guest area, the IA-32e mode guest control
+# (IA32_VMX_MISC[5]), the PDPTEs, the preemption timer
+_SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUEST_PDPTR0, F.GUEST_PDPTR1,
+                                     F.GUEST_PDPTR2, F.GUEST_PDPTR3, F.VMX_PREEMPTION_TIMER_VALUE)))
+_UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
 
 
 class VmxFail(Exception):
@@ -154,9 +161,21 @@ class VmxCpu:
         self._ept = None                       # (eptp, mbec) when EPT is on in non-root operation
         self._in_host = False
         self._lazy: _Lazy | None = None
+        self._plan = None                      # (VMCS, checks Entry) reused by quick re-entries
+        self._vpid = False
+        self._rearm_needed = False
+        self._lazy_ok = False
+        self._hctx: Context | None = None       # host context of the current VMCS (cache)
         # full-access encodings the processor supports -> width mask (VMREAD fast path)
         self._supported = {f.encoding: f.mask for f in F.FIELDS if self.profile.field_supported(f)}
-        self._checked = False                  # the current VMCS passed every check at the last entry
+        self._writable = {enc: mask for enc, mask in self._supported.items()
+                          if not (enc & 0xC00) == 0x400 or self.profile.vmwrite_any_field}
+        # Fields changed since the current VMCS passed every check at its last entry
+        # (None: unknown -> the next entry runs every check): VM entry then runs only
+        # the rules that read one of them (checks.check_changed).
+        self._dirty: set[int] | None = None
+        self._dirty_key = None                 # (VMCS, host LMA) the dirty set belongs to
+        self._host_lma_of_entry = True
         self.full_checks = self.quick_checks = 0
         m = machine
         m.client = self._client
@@ -192,12 +211,11 @@ class VmxCpu:
         return out
 
     def _ctx(self) -> Context:
-        lazy = self._lazy
-        if lazy is None:
+        if self._lazy is None:
             return self.context()
-        if lazy.ctx is None:
-            lazy.ctx = self._host_context()
-        return lazy.ctx
+        if self._hctx is None:
+            self._hctx = self._host_context()
+        return self._hctx
 
     def _host_context(self) -> Context:
         """The processor context right after a VM exit, from the host-state area
@@ -220,14 +238,14 @@ class VmxCpu:
     def vmclear(self, address: int) -> None:
         self.materialize()
         self._py(self.vmx.vmclear(self.context(), address))
-        self._checked = False
+        self._dirty = None
 
     def vmptrld(self, address: int) -> None:
         self.materialize()
         cur = self.vmx.current
         self._py(self.vmx.vmptrld(self.context(), address))
         if self.vmx.current != cur:
-            self._checked = False
+            self._dirty = None
 
     def vmptrst(self) -> int:
         return self._py(self.vmx.vmptrst(self._ctx())).value
@@ -246,13 +264,21 @@ class VmxCpu:
     def vmwrite(self, field: str | int, value: int) -> None:
         enc = field if isinstance(field, int) else F.by_name(field).encoding
         lazy = self._lazy
-        if lazy is not None and (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:
-            self._lazy_guest_field(enc & ~1)     # HIGH writes keep the low half: fill it first
+        if lazy is not None:
+            mask = self._writable.get(enc)        # right after an exit: CPL 0, a current VMCS
+            if mask is not None:
+                self.vmx.current_vmcs.values[enc] = value & mask
+                lazy.written.add(enc)
+                if self._dirty is not None:
+                    self._dirty.add(enc)
+                return
+            if (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:
+                self._lazy_guest_field(enc & ~1)     # HIGH writes keep the low half: fill it first
         self._py(self.vmx.vmwrite(self._ctx(), enc, value))
         if lazy is not None:
             lazy.written.add(enc & ~1)
-        else:
-            self._checked = False
+        if self._dirty is not None:
+            self._dirty.add(enc & ~1)
 
     def invept(self, itype: int, eptp: int = 0) -> None:
         self._py(self.vmx.invept(self.context(), itype, struct.pack("<QQ", eptp, 0)))
@@ -370,8 +396,10 @@ class VmxCpu:
             self._after_vmx_change()
             return out
         if k == Kind.VMCLEAR:
+            self._dirty = None
             return v.vmclear(ctx, self._qword(insn) if mem_op else 0, register_operand=not mem_op)
         if k == Kind.VMPTRLD:
+            self._dirty = None
             return v.vmptrld(ctx, self._qword(insn) if mem_op else 0, register_operand=not mem_op)
         if k == Kind.VMPTRST:
             out = v.vmptrst(ctx, register_operand=not mem_op)
@@ -388,7 +416,10 @@ class VmxCpu:
         if k == Kind.VMWRITE:                         # VMWRITE r, r/m
             enc = read_operand(m, insn, 0, bits // 8)
             value = read_operand(m, insn, 1, bits // 8)
-            return v.vmwrite(ctx, enc, value, bits)
+            out = v.vmwrite(ctx, enc, value, bits)
+            if self._dirty is not None:
+                self._dirty.add(enc & ~1)
+            return out
         if k in (Kind.INVEPT, Kind.INVVPID):
             itype = read_operand(m, insn, 0, bits // 8)
             desc = m.read_linear(operand_address(m, insn, 1), 16)
@@ -426,10 +457,18 @@ class VmxCpu:
             self._instruction_result(out, python, insn_length)
             return
         vmcs = v.current_vmcs
-        self.full_checks += 1
-        result = check(vmcs, self.profile, memory=self._read_host_or_none,
-                       instruction="vmlaunch" if launch else "vmresume", host_lma=ctx.efer_lma,
-                       mov_ss_blocking=ctx.mov_ss_blocking, vmcs_pointer=v.current)
+        instruction = "vmlaunch" if launch else "vmresume"
+        dirty = self._dirty
+        if dirty is not None and not launch and self._dirty_key == (id(vmcs), ctx.efer_lma) \
+                and vmcs.launch_state == "launched" and not ctx.mov_ss_blocking:
+            self.quick_checks += 1
+            result = check_changed(vmcs, self.profile, dirty, memory=self._read_host_or_none,
+                                   host_lma=ctx.efer_lma, vmcs_pointer=v.current)
+        else:
+            self.full_checks += 1
+            result = check(vmcs, self.profile, memory=self._read_host_or_none, instruction=instruction,
+                           host_lma=ctx.efer_lma, mov_ss_blocking=ctx.mov_ss_blocking, vmcs_pointer=v.current)
+        self._dirty = None
         if result.outcome == "vmfail_invalid":
             self._instruction_result(Outcome("fail_invalid"), python, insn_length)
             return
@@ -440,6 +479,7 @@ class VmxCpu:
             self.last_check = result
             self._entry_failure(result.exit_reason, result.qualification)
             return
+        self._host_lma_of_entry = ctx.efer_lma
         self._load_guest_and_enter(vmcs, launch)
 
     def _instruction_result(self, out: Outcome, python: bool, insn_length: int) -> None:
@@ -477,7 +517,8 @@ class VmxCpu:
             m.msrs.write(msr, value)
         if launch:
             vmcs.launch_state = "launched"
-        self._checked = True
+        self._dirty = set()
+        self._dirty_key = (id(vmcs), self._host_lma_of_entry)
         self.vmx.non_root = True
         self._subscribe_nonroot(v)
         if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
@@ -526,6 +567,14 @@ class VmxCpu:
         differently in non-root operation, go to _nonroot; the rest run natively."""
         m = self.m
         cpu, sec, pin, _ = self._controls(v)
+        self._vpid = bool(sec & C.SECONDARY_EXEC_ENABLE_VPID)
+        # exits to Python host code can be lazy when the exit has no MSR-store/load
+        # area and does not save the preemption timer (their effects need the full path)
+        self._lazy_ok = not (v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) or v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
+                             or v.get(F.VM_EXIT_CONTROLS, 0) & C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER)
+        self._hctx = None
+        self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING)
+                                  or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER)
         kinds = {Kind.CPUID, Kind.INVD, Kind.XSETBV, Kind.GETSEC, Kind.TRIPLE_FAULT, *VMX_KINDS}
         kinds |= {Kind.RDMSR, Kind.WRMSR}          # exit or not per MSR: the bitmaps decide
         if cpu & (C.CPU_BASED_UNCOND_IO_EXITING | C.CPU_BASED_USE_IO_BITMAPS):
@@ -583,12 +632,12 @@ class VmxCpu:
 
     def _nonroot(self, ev: Event) -> Action:
         k = ev.kind
+        reason = _UNCONDITIONAL.get(k)
+        if reason is not None:                    # CPUID, INVD, XSETBV, VMCALL: always exit
+            return self._exit(reason, 0, ev.rip, length=ev.length)
         v = self.vmx.current_vmcs.values
         cpu, sec, pin, _ = self._controls(v)
         m = self.m
-        if k == Kind.CPUID or k == Kind.INVD or k == Kind.XSETBV or k == Kind.VMCALL:
-            return self._instruction_exit(ev, {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV,
-                                               Kind.VMCALL: X.VMCALL}[k])
         if k in (Kind.RDMSR, Kind.WRMSR):
             bitmap = v.get(F.MSR_BITMAP, 0) if cpu & C.CPU_BASED_USE_MSR_BITMAPS else None
             if msr_exits(bitmap, ev.msr, k == Kind.WRMSR, self._host_byte):
@@ -925,14 +974,17 @@ class VmxCpu:
         if gpa is not None:
             v[F.GUEST_PHYSICAL_ADDRESS] = gpa
         # "the valid bit of the VM-entry interruption-information field is cleared"
-        v[F.VM_ENTRY_INTR_INFO_FIELD] = v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & ~_VALID
+        entry_info = v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0)
+        if entry_info & _VALID:
+            v[F.VM_ENTRY_INTR_INFO_FIELD] = entry_info & ~_VALID
+            if self._dirty is not None:
+                self._dirty.add(F.VM_ENTRY_INTR_INFO_FIELD)
         self.exit = ExitInfo(reason, qualification, guest_rip, length, insn_info, gla, gpa, intr_info,
                              intr_error, idt_info, idt_err)
         self.exit_count += 1
         exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
         handler = self.hosts.get(v.get(F.HOST_RIP, 0))
-        if handler is not None and not v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) and not v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0) \
-                and not exit_ctl & C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
+        if handler is not None and self._lazy_ok:
             return self._lazy_exit(handler, guest_rip)
         state = self.m.get_state()
         state["GUEST_RIP"] = guest_rip
@@ -940,10 +992,7 @@ class VmxCpu:
             deadline = self.m._tsc_deadline
             left = 0 if timer_expired or deadline is None else max(0, deadline - self.m.tsc.read())
             v[F.VMX_PREEMPTION_TIMER_VALUE] = left >> (self.profile.misc & 0x1F)
-        T.save_guest(state, v, exit_ctl, store_lma=bool(self.profile.misc >> 5 & 1))
-        if self._ept is not None and self.m.pdptes is not None:
-            for i, pdpte in enumerate(self.m.pdptes):
-                v[F.GUEST_PDPTR0 + 2 * i] = pdpte
+        self._save_state_into(state, v)
         # "Saving MSRs": the VM-exit MSR-store area
         store = v.get(F.VM_EXIT_MSR_STORE_ADDR, 0)
         for i in range(v.get(F.VM_EXIT_MSR_STORE_COUNT, 0)):
@@ -1000,13 +1049,24 @@ class VmxCpu:
         keep = {enc: v[enc] for enc in lazy.written if enc in v}
         state = self.m.get_state()
         state["GUEST_RIP"] = lazy.guest_rip
+        self._save_state_into(state, v)
+        v.update(keep)
+        lazy.written |= {enc for enc, _ in zip(VMCS_ENCODINGS, VMCS_KEYS)}
+        lazy.written.add(-1)             # marker: the guest area is complete
+
+    def _save_state_into(self, state: dict[str, int], v: dict[int, int]) -> None:
+        """"Saving Guest State" into the VMCS; the fields whose values change join the
+        dirty set (the next VM entry re-runs the checks that read them)."""
+        before = [v.get(enc) for enc in _SAVED_FIELDS]
         T.save_guest(state, v, v.get(F.VM_EXIT_CONTROLS, 0), store_lma=bool(self.profile.misc >> 5 & 1))
         if self._ept is not None and self.m.pdptes is not None:
             for i, pdpte in enumerate(self.m.pdptes):
                 v[F.GUEST_PDPTR0 + 2 * i] = pdpte
-        v.update(keep)
-        lazy.written |= {enc for enc, _ in zip(VMCS_ENCODINGS, VMCS_KEYS)}
-        lazy.written.add(-1)             # marker: the guest area is complete
+        dirty = self._dirty
+        if dirty is not None:
+            for enc, old in zip(_SAVED_FIELDS, before):
+                if v.get(enc) != old:
+                    dirty.add(enc)
 
     def materialize(self) -> None:
         """Finish a lazy exit: save the guest state into the VMCS and load the host
@@ -1016,11 +1076,9 @@ class VmxCpu:
             return
         vmcs = self.vmx.current_vmcs
         v = vmcs.values
-        written = set(lazy.written)
         if -1 not in lazy.written:
             self._save_guest_now(v)
         self._lazy = None
-        self._checked = self._checked and not (written - {-1})
         state = self.m.get_state()
         host = T.load_host(v, state, self.profile.maxphyaddr)
         self.m.set_state(host)
@@ -1029,22 +1087,31 @@ class VmxCpu:
             self.m.flush_tlb()
 
     def _lazy_resume(self) -> None:
-        """VMRESUME from Python host code after a lazy exit."""
+        """VMRESUME from Python host code after a lazy exit: the VMRESUME checks of
+        the instruction (a current VMCS, launched), the VM-entry checks that read a
+        field written since the last entry (checks.check_changed; every other check
+        gives the answer it gave then), then only what the round trip changes."""
         lazy = self._lazy
         vmcs = self.vmx.current_vmcs
         v = vmcs.values
         ctx = self._ctx()
-        out = self.vmx.vmlaunch(ctx, resume=True)
-        if out.kind != "entry":
-            self.materialize()
-            self._py(out)
-            return
         changed = lazy.written - {-1} - set(VMCS_ENCODINGS) if -1 in lazy.written else lazy.written
-        if self._checked:
+        dirty = self._dirty
+        if dirty is not None and self._dirty_key == (id(vmcs), ctx.efer_lma) and vmcs.launch_state == "launched":
             self.quick_checks += 1
-            result = check_changed(vmcs, self.profile, changed, memory=self._read_host_or_none,
-                                   host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current)
+            plan = self._plan
+            if plan is None or plan[0] is not vmcs:
+                plan = self._plan = (vmcs, entry_context(vmcs, self.profile, "vmresume", ctx.efer_lma,
+                                                          self.vmx.current))
+            result = check_changed(vmcs, self.profile, dirty, memory=self._read_host_or_none,
+                                   host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current,
+                                   entry=None if dirty & _CONTROL_FIELDS else plan[1])
         else:
+            out = self.vmx.vmlaunch(ctx, resume=True)
+            if out.kind != "entry":
+                self.materialize()
+                self._py(out)
+                return
             self.full_checks += 1
             result = check(vmcs, self.profile, memory=self._read_host_or_none, instruction="vmresume",
                            host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current)
@@ -1053,23 +1120,29 @@ class VmxCpu:
             self._enter_from(self._host_context(), launch=False, python=True)
             return
         self._lazy = None
-        self._checked = True
+        self._dirty = set()
+        self._dirty_key = (id(vmcs), ctx.efer_lma)
         self.vmx.non_root = True
+        if changed & _HOST_FIELDS:
+            self._hctx = None
         if changed & _CONTROL_FIELDS:
+            self._plan = None
             self._subscribe_nonroot(v)
-        else:
+        elif self._rearm_needed:
             self._rearm(v)
-        if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
+        if not self._vpid:
             self.m.flush_tlb()
-        self._inject(v)
+        if v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & _VALID:
+            self._inject(v)
 
     def _fast_reentry(self, v: dict[int, int], lazy: _Lazy) -> bool:
         """Apply to the live guest state what exit + entry would change; False when
         that is more than the fast path handles (then the full path runs)."""
         m = self.m
         written = lazy.written
-        guest_written = {enc for enc in written if (enc & 0xC00) == 0x800}
-        if -1 in written or not guest_written <= _FAST_GUEST.keys() or v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0):
+        guest_written = [enc for enc in written if (enc & 0xC00) == 0x800]
+        if -1 in written or v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0) or \
+                any(enc not in _FAST_GUEST for enc in guest_written):
             return False
         exit_ctl, entry_ctl = v.get(F.VM_EXIT_CONTROLS, 0), v.get(F.VM_ENTRY_CONTROLS, 0)
         # State the exit loads from the host area and the entry does not load back
@@ -1197,7 +1270,7 @@ class VmxCpu:
             self._py(self.vmx.vmxoff(self.context()))
             state["GUEST_RIP"] = rip
             self.m.set_state(state)
-        self._checked = False
+        self._dirty = None
         self._subscribe_root()
 
     def guest_snapshot(self) -> dict[str, int]:

@@ -1,0 +1,135 @@
+"""The VM-exit round trip of the simulated VMX processor, beside the /dev/kvm reference.
+
+    python -m bench.vmx [--exits N]
+
+Three round trips, measured in the same run:
+1. Python handler: a guest looping on CPUID; each CPUID exits to a Python host
+   handler (HOST_RIP registered with VmxCpu.register_host) that reads GUEST_RIP and
+   the instruction length, writes GUEST_RIP and VMRESUMEs.  Per exit: the time
+   between consecutive handler calls (guest loop included), median over N exits.
+2. Machine-code hypervisor: guests/vmx_hypervisor.asm (host code in the simulator:
+   VMREAD, CPUID for the guest, VMWRITE, VMRESUME) with its guest running CPUID N/10
+   times; total time / exits.
+3. /dev/kvm reference (bench.kvm): KvmMachine.run() of a CPL0 `out` exit, median,
+   where /dev/kvm exists.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import struct
+import sys
+import time
+
+from vmxlab.arch import controls as C
+from vmxlab.arch import fields as F
+from vmxlab.guests.asm import asm
+from vmxlab.guests.hypervisor import install
+from vmxlab.machine import Machine
+from vmxlab.vmx.cpu import VmxCpu
+from vmxlab.vmx.setup import fields_from_state
+
+GUEST, HOST, VMXON, VMCS = 0x70000, 0x48000, 0x100000, 0x101000
+
+
+def _flat_machine() -> Machine:
+    """A flat 64-bit machine (identity paging) for the Python-handler benchmark."""
+    from vmxlab.arch import segments as S
+    m = Machine("skylake-client", 16 << 20)
+    q = lambda x: struct.pack("<Q", x)
+    gdt = [0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF]
+    m.load(0x1000, b"".join(q(d) for d in gdt) + S.encode_descriptor(0x3000, 0x67, 0x89))
+    m.load(0x10000, q(0x11000 | 3))
+    m.load(0x11000, q(0x12000 | 3))
+    m.load(0x12000, b"".join(q((i << 21) | 0x83) for i in range(512)))
+    s = m.get_state()
+    s.update({"GUEST_CR0": 0x80050033, "GUEST_CR3": 0x10000, "GUEST_CR4": 0x2620, "GUEST_IA32_EFER": 0xD01,
+              "GUEST_RSP": 0x80000, "GUEST_RFLAGS": 2, "GUEST_GDTR_BASE": 0x1000, "GUEST_GDTR_LIMIT": 39,
+              "GUEST_TR_SELECTOR": 0x18, "GUEST_TR_BASE": 0x3000, "GUEST_TR_LIMIT": 0x67, "GUEST_TR_AR_BYTES": 0x8B,
+              "GUEST_LDTR_AR_BYTES": 0x10000})
+    for seg in ("ES", "CS", "SS", "DS", "FS", "GS"):
+        code = seg == "CS"
+        s.update({f"GUEST_{seg}_SELECTOR": 8 if code else 0x10, f"GUEST_{seg}_BASE": 0,
+                  f"GUEST_{seg}_LIMIT": 0xFFFFFFFF, f"GUEST_{seg}_AR_BYTES": 0xA09B if code else 0xC093})
+    m.set_state(s)
+    m.msrs.poke(0x3A, 5)
+    return m
+
+
+def python_handler_round_trip(n: int) -> tuple[float, float, int]:
+    m = _flat_machine()
+    cpu = VmxCpu(m)
+    for page in (VMXON, VMCS):
+        m.load(page, struct.pack("<I", m.profile.revision_id))
+    m.load(GUEST, asm(f"mov ecx, {n + 1}\ntop: push rcx\nxor eax, eax\ncpuid\npop rcx\ndec ecx\njnz top\nhlt", GUEST).code)
+    stamps: list[int] = []
+    clock = time.perf_counter_ns
+
+    def handler(c):
+        stamps.append(clock())
+        c.vmwrite(F.GUEST_RIP, c.vmread(F.GUEST_RIP) + c.vmread(F.VM_EXIT_INSTRUCTION_LEN))
+        c.vmresume()
+
+    cpu.vmxon(VMXON)
+    cpu.vmclear(VMCS)
+    cpu.vmptrld(VMCS)
+    values = fields_from_state(m.get_state(), m.profile, host_rip=HOST, host_rsp=0x90000,
+                               controls={"SECONDARY_VM_EXEC_CONTROL": C.SECONDARY_EXEC_ENABLE_VPID})
+    values.update({F.GUEST_RIP: GUEST, F.GUEST_RSP: 0x7F000, F.VIRTUAL_PROCESSOR_ID: 1})
+    for enc, value in values.items():
+        cpu.vmwrite(enc, value)
+    cpu.register_host(HOST, handler)
+    cpu.vmlaunch()
+    stop = cpu.run()
+    if stop.reason.value != "halted" or len(stamps) != n + 1:
+        raise RuntimeError(f"the CPUID loop ended with {stop} after {len(stamps)} exits")
+    deltas = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    return statistics.median(deltas) / 1000, deltas[len(deltas) * 9 // 10] / 1000, cpu.quick_checks
+
+
+def machine_code_round_trip(n: int) -> tuple[float, int]:
+    m = Machine("skylake-client")
+    cpu = VmxCpu(m)
+    drv = install(m)
+    m.mem.write64(drv.labels["hv_iterations"], n)
+    t0 = time.perf_counter()
+    stop = cpu.run(time_budget=600)
+    seconds = time.perf_counter() - t0
+    status = m.mem.read64(drv.labels["hv_status"])
+    if status != 0 or stop.reason.value != "halted":
+        raise RuntimeError(f"the machine-code hypervisor ended with status {status}, {stop}")
+    return seconds / cpu.exit_count * 1e6, cpu.exit_count
+
+
+def kvm_reference(n: int) -> tuple[float, float] | str:
+    try:
+        from bench.kvm import exit_round_trips
+        r = exit_round_trips(n)
+        return r["full"][1][0], r["full"][1][1]
+    except Exception as e:           # /dev/kvm missing or refusing: say so, keep the other figures
+        return f"not measured ({str(e).splitlines()[0]})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.vmx", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--exits", type=int, default=100_000, help="exits to time (default 100000)")
+    args = ap.parse_args(argv)
+    if not 100 <= args.exits < 2 ** 31:
+        print("python -m bench.vmx: --exits must be at least 100", file=sys.stderr)
+        return 2
+    py_med, py_p90, quick = python_handler_round_trip(args.exits)
+    mc, mc_exits = machine_code_round_trip(max(args.exits // 10, 10))
+    kvm = kvm_reference(args.exits)
+    print(f"VM-exit round trip, {args.exits:,} exits (guest CPUID -> host -> VMRESUME)")
+    print(f"  Python handler (simulator)        median {py_med:6.1f} us   p90 {py_p90:6.1f} us")
+    print(f"  machine-code hypervisor           mean   {mc:6.1f} us   ({mc_exits:,} exits)")
+    if isinstance(kvm, str):
+        print(f"  /dev/kvm reference (CPL0 OUT)     {kvm}")
+    else:
+        print(f"  /dev/kvm reference (CPL0 OUT)     median {kvm[0]:6.1f} us   p90 {kvm[1]:6.1f} us")
+        print(f"  Python handler / KVM reference    {py_med / kvm[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
