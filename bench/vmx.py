@@ -75,6 +75,8 @@ def python_handler_round_trip(n: int) -> tuple[float, float, int]:
     cpu.vmptrld(VMCS)
     values = fields_from_state(m.get_state(), m.profile, host_rip=HOST, host_rsp=0x90000,
                                controls={"SECONDARY_VM_EXEC_CONTROL": C.SECONDARY_EXEC_ENABLE_VPID})
+    values[F.VM_EXIT_CONTROLS] |= C.VM_EXIT_SAVE_DEBUG_CONTROLS        # as KVM sets them
+    values[F.VM_ENTRY_CONTROLS] |= C.VM_ENTRY_LOAD_DEBUG_CONTROLS
     values.update({F.GUEST_RIP: GUEST, F.GUEST_RSP: 0x7F000, F.VIRTUAL_PROCESSOR_ID: 1})
     for enc, value in values.items():
         cpu.vmwrite(enc, value)

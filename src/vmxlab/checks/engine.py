@@ -216,19 +216,46 @@ def check_changed(vmcs: Vmcs, profile: Profile, changed, memory: Memory | None =
                   instruction: str = "vmresume", host_lma: bool = True, mov_ss_blocking: bool = False,
                   vmcs_pointer: int | None = None, entry: Entry | None = None) -> Result:
     """check() restricted to the rules that read a field in `changed` (encodings),
-    plus the rules that read no field (the basic checks) and the MSR-load area.
+    plus the rules that read no field (the basic checks) or physical memory (the
+    PDPTEs, the VMCS-link-pointer region, the virtual-APIC page, the MSR-load area).
 
     For a VM entry with a VMCS that passed every check at the previous entry and
     has changed since only in these fields: every rule not run reads only fields
     that have not changed, so it gives the same answer as before.  The first
     failing rule in SDM order gives the outcome, as in check()."""
+    violations, not_checked = _run_changed(vmcs, profile, changed, memory, instruction, host_lma,
+                                           mov_ss_blocking, vmcs_pointer, entry)
+    return Result.from_violations(profile.name, instruction, list(violations), list(not_checked))
+
+
+def first_failure_changed(vmcs: Vmcs, profile: Profile, changed, memory: Memory | None = None,
+                          instruction: str = "vmresume", host_lma: bool = True, mov_ss_blocking: bool = False,
+                          vmcs_pointer: int | None = None, entry: Entry | None = None) -> Result | None:
+    """check_changed() for the VM-entry hot path: None when every rule passes,
+    else the failing Result."""
+    violations, not_checked = _run_changed(vmcs, profile, changed, memory, instruction, host_lma,
+                                           mov_ss_blocking, vmcs_pointer, entry)
+    return Result.from_violations(profile.name, instruction, violations, not_checked) if violations else None
+
+
+_NONE: tuple = ((), ())
+
+
+def _rules_reading(key: frozenset) -> tuple:
+    """(guard, fn, rule) of the rules that read a field of `key`, no field, or
+    physical memory (which may have changed whatever the fields), in order."""
+    names = {F.BY_ENCODING[enc].name for enc in key if enc in F.BY_ENCODING}
+    plan = tuple((r.guard, r.fn, r) for r in _ORDERED
+                 if not r.fields or r.memory or names.intersection(r.fields))
+    if len(_BY_FIELDS) < 256:
+        _BY_FIELDS[key] = plan
+    return plan
+
+
+def _run_changed(vmcs, profile, changed, memory, instruction, host_lma, mov_ss_blocking, vmcs_pointer, entry):
+    """(violations, not_checked) of the rules reading `changed`, stopping at the first violation."""
     key = frozenset(changed)
-    rules = _BY_FIELDS.get(key)
-    if rules is None:
-        names = {F.BY_ENCODING[enc].name for enc in key if enc in F.BY_ENCODING}
-        rules = tuple(r for r in _ORDERED if not r.fields or names.intersection(r.fields))
-        if len(_BY_FIELDS) < 256:
-            _BY_FIELDS[key] = rules
+    plan = _BY_FIELDS.get(key) or _rules_reading(key)
     k = facts(profile)
     values = vmcs.values
     v = values if len(values) >= _NFIELDS else all_values(values)   # a complete dict is used as is
@@ -238,18 +265,18 @@ def check_changed(vmcs: Vmcs, profile: Profile, changed, memory: Memory | None =
         e.memory = memory
     else:
         e = Entry(v, k, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
-    violations: list[Violation] = []
-    not_checked: list[NotChecked] = []
-    for r in rules:
-        if r.guard is not None and not r.guard(v, e):
+    for guard, fn, r in plan:
+        if guard is not None and not guard(v, e):
             continue
-        out = r.fn(v, k, e)
+        out = fn(v, k, e)
         if out is not None:
-            violations.append(_violation(r, out, v))
-            return Result.from_violations(profile.name, instruction, violations, not_checked)
+            return [_violation(r, out, v)], []
     if v[F.VM_ENTRY_MSR_LOAD_COUNT]:
+        violations: list[Violation] = []
+        not_checked: list[NotChecked] = []
         _msr_load(v, k, e, False, violations, not_checked)
-    return Result.from_violations(profile.name, instruction, violations, not_checked)
+        return violations, not_checked
+    return _NONE
 
 
 def _msr_load(v, k, e, all: bool, violations: list, not_checked: list) -> None:

@@ -153,7 +153,10 @@ class MemoryAccess:
                 hit = True
             page += PAGE
         if hit:
-            self.engine.flush_tb()
+            if self._in_client:                  # inside a hook: translated code may be running
+                self._tb_flush_pending = True
+            else:
+                self.engine.flush_tb()
             self.flush_tlb()
 
     def write_host(self, hpa: int, data: bytes) -> None:

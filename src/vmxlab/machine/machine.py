@@ -106,6 +106,9 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._hook_stop = False
         self._fill_fault = None
         self._smc_pending = False
+        self._tb_flush_pending = False            # a code write by an inline client (flushed at the boundary)
+        self.inline_clients = True                # hand intercepted instructions to the client inside the hook
+        self._in_client = False
         self._resume_native: int | None = None
         self._breakpoints: dict[int, bool] = {}
         self._bp_skip: int | None = None

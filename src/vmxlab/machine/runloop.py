@@ -236,6 +236,9 @@ class RunControl:
 
     # -- boundary ---------------------------------------------------------------------------------
     def _service(self) -> Stop | None:
+        if self._tb_flush_pending:
+            self._tb_flush_pending = False
+            self.engine.flush_tb()
         while self._pending:
             item = self._pending.pop(0)
             stop = self._handle_pending(item)
@@ -390,6 +393,9 @@ class RunControl:
             self._resume_native = None
             wanted = kind in self.subs.kinds and self.client is not None
         if wanted:
+            if self.inline_clients and not (self._stepping or self._counting or self._pending):
+                self._client_inline(site)
+                return
             self._pending.append(("site", site))
             self._hook_stop = True
             self.engine.stop()
@@ -412,6 +418,46 @@ class RunControl:
             self._pending.append(("fault", f, site.insn))
             self._hook_stop = True
             self.engine.stop()
+
+    def _client_inline(self, site) -> None:
+        """Hand an intercepted instruction to the client inside the code or #UD hook,
+        without ending the run segment (stopping and restarting unicorn costs more
+        than most clients).  Everything a client does takes effect inside these
+        hooks once RIP is written (a RIP write ends the translated block; the next
+        one is looked up with the new state: notes/unicorn.md, probe in
+        tests/machine/test_inline.py), except flushing translated code, which
+        waits for the boundary.  The virtual TSC stands still while the client
+        works, as between segments.  What only the boundary does (pending events,
+        interrupt and NMI windows, deadlines, HLT, a STOP) ends the segment."""
+        ev = self._instruction_event(site.kind, site.insn, site.address)
+        tsc = self.tsc
+        tsc.pause()
+        timer = self.timer.deadline
+        gprs = self.gprs
+        pc_writes = gprs.pc_writes
+        self._in_client = True
+        try:
+            action = self.client(self, ev)
+        finally:
+            self._in_client = False
+            tsc.resume()
+        if action == Action.DONE:
+            if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
+                    or self._window_irq or self._window_nmi or self._tsc_deadline is not None
+                    or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
+                self._hook_stop = True
+                self.engine.stop()
+            if gprs.pc_writes == pc_writes:   # end the block: what the client changed applies from here
+                gprs.read()
+                gprs.write_pc()
+            return
+        self._hook_stop = True
+        self.engine.stop()
+        if action == Action.STOP:
+            self._resume_native = site.address
+            self._pending.append(("stop", Stop(StopReason.EVENT, site.address, ev)))
+        else:
+            self._pending.append(("native", site))
 
     def _on_intr(self, uc, intno: int, ud) -> None:
         blob = self.blob.load()
@@ -489,7 +535,11 @@ class RunControl:
         kind = kind_of(insn)
         if kind is not None and kind in self.subs.kinds and self.client is not None \
                 and self._resume_native != rip:
-            self._pending.append(("site", _Ephemeral(rip, kind, insn)))
+            site = _Ephemeral(rip, kind, insn)
+            if self.inline_clients and not (self._counting or self._pending):
+                self._client_inline(site)
+                return True
+            self._pending.append(("site", site))
             self._hook_stop = True
             self.engine.stop()
             return True
@@ -583,6 +633,8 @@ class RunControl:
             return self._deliver_event(item[1])
         if tag == "result":
             return self._result_stop(item[1])
+        if tag == "stop":
+            return item[1]
         if tag == "breakpoint":
             self._bp_skip = item[1]
             return Stop(StopReason.BREAKPOINT, item[1])

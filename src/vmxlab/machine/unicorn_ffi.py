@@ -91,9 +91,12 @@ class RegBatch:
     Quirk (unicorn 2.1.4): uc_reg_write_batch stores RIP but, unlike uc_reg_write,
     does not make a running engine continue at the new RIP (inside a hook the
     write is lost).  When RIP is in the batch, write() also writes it alone.
+    `pc_writes` counts those RIP writes (a RIP write inside a hook ends the
+    translated block: the machine's inline clients rely on it).
     """
 
-    __slots__ = ("_h", "ids", "values", "_ptrs", "_n", "_pc", "_pc_ptr", "_read", "_write", "_write_pc")
+    __slots__ = ("_h", "ids", "values", "_ptrs", "_n", "_pc", "_pc_ptr", "_read", "_write", "_write_pc",
+                 "pc_writes")
 
     def __init__(self, handle, ids: Sequence[int]):
         n = len(ids)
@@ -108,6 +111,7 @@ class RegBatch:
         self._read = functools.partial(_read_batch, handle, self.ids, self._ptrs, self._n)
         self._write = functools.partial(_write_batch, handle, self.ids, self._ptrs, self._n)
         self._write_pc = functools.partial(_reg_write, handle, _RIP_ID, self._pc_ptr) if self._pc >= 0 else None
+        self.pc_writes = 0
 
     def read(self) -> ctypes.Array:
         self._read()
@@ -117,6 +121,12 @@ class RegBatch:
         self._write()
         if self._write_pc is not None:
             self._write_pc()
+            self.pc_writes += 1
+
+    def write_pc(self) -> None:
+        """Write RIP alone from `values` (inside a hook: continue there)."""
+        self._write_pc()
+        self.pc_writes += 1
 
 
 class _Msr(ctypes.Structure):

@@ -44,7 +44,7 @@ from ..arch import registers as AR
 from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
 from ..caps import msrmodel
 from ..checks import check, check_changed
-from ..checks.engine import entry_context
+from ..checks.engine import entry_context, first_failure_changed
 from ..machine import paging as PG
 from ..machine import registers as REG
 from ..machine import context_blob as CB
@@ -72,6 +72,7 @@ _VMX_EXIT = {Kind.VMXON: X.VMON, Kind.VMXOFF: X.VMOFF, Kind.VMCLEAR: X.VMCLEAR, 
 
 _CONTROL_FIELDS = frozenset(f.encoding for f in F.FIELDS if f.type == "control")
 _HOST_FIELDS = frozenset(f.encoding for f in F.FIELDS if f.type == "host")
+_HOST_OR_CONTROL = _HOST_FIELDS | _CONTROL_FIELDS
 # what saving guest state can change: the guest area, the IA-32e mode guest control
 # (IA32_VMX_MISC[5]), the PDPTEs, the preemption timer
 _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUEST_PDPTR0, F.GUEST_PDPTR1,
@@ -131,6 +132,20 @@ class ExitInfo:
 
 _GUEST_TYPE = "guest"
 _FAST_GUEST = {F.GUEST_RIP: REG.RIP, F.GUEST_RSP: REG.RSP, F.GUEST_RFLAGS: REG.RFLAGS}
+_RIP_ONLY, _RIP_LIST = frozenset((F.GUEST_RIP,)), [F.GUEST_RIP]
+
+
+def _round_trip_keeps(exit_ctl: int, entry_ctl: int) -> bool:
+    """Does a VM exit followed by a VM entry leave DR7, IA32_DEBUGCTL, IA32_EFER and
+    IA32_PAT as they were?  ("Saving Guest State", "Loading Host State", "Loading
+    Guest State": each is saved by the exit and loaded back by the entry, or
+    neither loaded by the exit nor by the entry -- EFER only the former, since the
+    host address-space size and "IA-32e mode guest" rewrite LMA/LME otherwise.)"""
+    debug = bool(entry_ctl & C.VM_ENTRY_LOAD_DEBUG_CONTROLS and exit_ctl & C.VM_EXIT_SAVE_DEBUG_CONTROLS)
+    efer = bool(entry_ctl & C.VM_ENTRY_LOAD_IA32_EFER and exit_ctl & C.VM_EXIT_SAVE_IA32_EFER)
+    load_pat, save_pat = entry_ctl & C.VM_ENTRY_LOAD_IA32_PAT, exit_ctl & C.VM_EXIT_SAVE_IA32_PAT
+    pat = bool(load_pat and save_pat) or not (load_pat or exit_ctl & C.VM_EXIT_LOAD_IA32_PAT)
+    return debug and efer and pat
 
 
 @dataclass(slots=True)
@@ -143,8 +158,9 @@ class _Lazy:
     Anything that needs the VMCS or the host state in full (VMCLEAR, VMPTRLD,
     VMXOFF, a failing entry, a handler that returns) materializes the exit first."""
     guest_rip: int
-    written: set
-    ctx: Context | None = None
+    written: set                 # fields current in the VMCS since the exit (-1: the whole guest area)
+    vmcs: Vmcs                   # the current VMCS (VMPTRLD/VMCLEAR materialize first)
+    v: dict                      # its values
 
 
 class VmxCpu:
@@ -166,6 +182,7 @@ class VmxCpu:
         self._rearm_needed = False
         self._lazy_ok = False
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
+        self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
         # full-access encodings the processor supports -> width mask (VMREAD fast path)
         self._supported = {f.encoding: f.mask for f in F.FIELDS if self.profile.field_supported(f)}
         self._writable = {enc: mask for enc, mask in self._supported.items()
@@ -251,26 +268,27 @@ class VmxCpu:
         return self._py(self.vmx.vmptrst(self._ctx())).value
 
     def vmread(self, field: str | int) -> int:
-        enc = field if isinstance(field, int) else F.by_name(field).encoding
+        enc = field if field.__class__ is int else F.by_name(field).encoding
         lazy = self._lazy
         if lazy is not None:
-            if (enc & 0xC00) == 0x800:           # a guest-state field
-                self._lazy_guest_field(enc & ~1)
             f = self._supported.get(enc)          # right after an exit: CPL 0, a current VMCS
             if f is not None:
-                return self.vmx.current_vmcs.values.get(enc, 0) & f
+                if (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:    # a guest-state field
+                    self._lazy_guest_field(enc & ~1)
+                return lazy.v.get(enc, 0) & f
         return self._py(self.vmx.vmread(self._ctx(), enc)).value
 
     def vmwrite(self, field: str | int, value: int) -> None:
-        enc = field if isinstance(field, int) else F.by_name(field).encoding
+        enc = field if field.__class__ is int else F.by_name(field).encoding
         lazy = self._lazy
         if lazy is not None:
             mask = self._writable.get(enc)        # right after an exit: CPL 0, a current VMCS
             if mask is not None:
-                self.vmx.current_vmcs.values[enc] = value & mask
+                lazy.v[enc] = value & mask
                 lazy.written.add(enc)
-                if self._dirty is not None:
-                    self._dirty.add(enc)
+                dirty = self._dirty
+                if dirty is not None:
+                    dirty.add(enc)
                 return
             if (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:
                 self._lazy_guest_field(enc & ~1)     # HIGH writes keep the low half: fill it first
@@ -985,7 +1003,7 @@ class VmxCpu:
         exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
         handler = self.hosts.get(v.get(F.HOST_RIP, 0))
         if handler is not None and self._lazy_ok:
-            return self._lazy_exit(handler, guest_rip)
+            return self._lazy_exit(handler, guest_rip, vmcs)
         state = self.m.get_state()
         state["GUEST_RIP"] = guest_rip
         if exit_ctl & C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
@@ -1007,11 +1025,12 @@ class VmxCpu:
         return Action.DONE
 
     # ---- the lazy exit to Python host code ------------------------------------------------------
-    def _lazy_exit(self, handler, guest_rip: int) -> Action:
-        self._lazy = _Lazy(guest_rip, set())
+    def _lazy_exit(self, handler, guest_rip: int, vmcs: Vmcs) -> Action:
+        self._lazy = _Lazy(guest_rip, set(), vmcs, vmcs.values)
         self.vmx.non_root = False
-        for fn in self.observers:
-            fn(self, self.exit)
+        if self.observers:
+            for fn in self.observers:
+                fn(self, self.exit)
         self._in_host = True
         try:
             handler(self)
@@ -1032,7 +1051,7 @@ class VmxCpu:
         lazy = self._lazy
         if enc in lazy.written:
             return
-        v = self.vmx.current_vmcs.values
+        v = lazy.v
         if enc == F.GUEST_RIP:
             v[enc] = lazy.guest_rip
         elif enc in _FAST_GUEST:
@@ -1089,23 +1108,23 @@ class VmxCpu:
     def _lazy_resume(self) -> None:
         """VMRESUME from Python host code after a lazy exit: the VMRESUME checks of
         the instruction (a current VMCS, launched), the VM-entry checks that read a
-        field written since the last entry (checks.check_changed; every other check
-        gives the answer it gave then), then only what the round trip changes."""
+        field written since the last entry (checks.first_failure_changed; every
+        other check gives the answer it gave then), then only what the round trip
+        changes."""
         lazy = self._lazy
-        vmcs = self.vmx.current_vmcs
-        v = vmcs.values
-        ctx = self._ctx()
-        changed = lazy.written - {-1} - set(VMCS_ENCODINGS) if -1 in lazy.written else lazy.written
+        vmcs, v, written = lazy.vmcs, lazy.v, lazy.written
+        ctx = self._hctx or self._ctx()
         dirty = self._dirty
-        if dirty is not None and self._dirty_key == (id(vmcs), ctx.efer_lma) and vmcs.launch_state == "launched":
+        key = (id(vmcs), ctx.efer_lma)
+        if dirty is not None and self._dirty_key == key and vmcs.launch_state == "launched":
             self.quick_checks += 1
             plan = self._plan
             if plan is None or plan[0] is not vmcs:
                 plan = self._plan = (vmcs, entry_context(vmcs, self.profile, "vmresume", ctx.efer_lma,
                                                           self.vmx.current))
-            result = check_changed(vmcs, self.profile, dirty, memory=self._read_host_or_none,
-                                   host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current,
-                                   entry=None if dirty & _CONTROL_FIELDS else plan[1])
+            ok = first_failure_changed(vmcs, self.profile, dirty, self._read_host_or_none, "vmresume",
+                                       ctx.efer_lma, False, self.vmx.current,
+                                       None if dirty & _CONTROL_FIELDS else plan[1]) is None
         else:
             out = self.vmx.vmlaunch(ctx, resume=True)
             if out.kind != "entry":
@@ -1113,21 +1132,24 @@ class VmxCpu:
                 self._py(out)
                 return
             self.full_checks += 1
-            result = check(vmcs, self.profile, memory=self._read_host_or_none, instruction="vmresume",
-                           host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current)
-        if result.outcome != "success" or not self._fast_reentry(v, lazy):
+            ok = check(vmcs, self.profile, memory=self._read_host_or_none, instruction="vmresume",
+                       host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current).outcome == "success"
+        if not ok or not self._fast_reentry(v, written):
             self.materialize()
             self._enter_from(self._host_context(), launch=False, python=True)
             return
         self._lazy = None
         self._dirty = set()
-        self._dirty_key = (id(vmcs), ctx.efer_lma)
+        self._dirty_key = key
         self.vmx.non_root = True
-        if changed & _HOST_FIELDS:
-            self._hctx = None
-        if changed & _CONTROL_FIELDS:
-            self._plan = None
-            self._subscribe_nonroot(v)
+        if not written.isdisjoint(_HOST_OR_CONTROL):
+            if not written.isdisjoint(_HOST_FIELDS):
+                self._hctx = None
+            if not written.isdisjoint(_CONTROL_FIELDS):
+                self._plan = None
+                self._subscribe_nonroot(v)
+            elif self._rearm_needed:
+                self._rearm(v)
         elif self._rearm_needed:
             self._rearm(v)
         if not self._vpid:
@@ -1135,18 +1157,41 @@ class VmxCpu:
         if v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & _VALID:
             self._inject(v)
 
-    def _fast_reentry(self, v: dict[int, int], lazy: _Lazy) -> bool:
+    def _fast_reentry(self, v: dict[int, int], written: set) -> bool:
         """Apply to the live guest state what exit + entry would change; False when
         that is more than the fast path handles (then the full path runs)."""
-        m = self.m
-        written = lazy.written
-        guest_written = [enc for enc in written if (enc & 0xC00) == 0x800]
-        if -1 in written or v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0) or \
-                any(enc not in _FAST_GUEST for enc in guest_written):
+        if -1 in written or v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0):
             return False
+        if written == _RIP_ONLY:                  # the usual handler: advance RIP
+            guest_written = _RIP_LIST
+        else:
+            guest_written = [enc for enc in written if (enc & 0xC00) == 0x800]
+            for enc in guest_written:
+                if enc not in _FAST_GUEST:
+                    return False
         exit_ctl, entry_ctl = v.get(F.VM_EXIT_CONTROLS, 0), v.get(F.VM_ENTRY_CONTROLS, 0)
-        # State the exit loads from the host area and the entry does not load back
-        # ("Loading Host State" then "Loading Guest State"): compose the two.
+        if (exit_ctl, entry_ctl) != self._kept[0]:
+            self._kept = ((exit_ctl, entry_ctl), _round_trip_keeps(exit_ctl, entry_ctl))
+        if not self._kept[1] and not self._compose_round_trip(v, exit_ctl, entry_ctl):
+            return False
+        if guest_written:
+            m = self.m
+            if guest_written == _RIP_LIST:
+                m.gprs.values[REG.RIP] = v[F.GUEST_RIP]
+                m.gprs.write_pc()
+            else:
+                g = m.gprs.read()
+                for enc in guest_written:
+                    g[_FAST_GUEST[enc]] = v[enc]
+                g[REG.RFLAGS] |= 2
+                m.gprs.write()
+        return True
+
+    def _compose_round_trip(self, v: dict[int, int], exit_ctl: int, entry_ctl: int) -> bool:
+        """DR7, IA32_DEBUGCTL, IA32_EFER and IA32_PAT after "Loading Host State" then
+        "Loading Guest State" when the controls do not keep them (_round_trip_keeps);
+        False for a change of mode (the full path loads it)."""
+        m = self.m
         c = m.ctrl.read()
         if entry_ctl & C.VM_ENTRY_LOAD_DEBUG_CONTROLS:
             if exit_ctl & C.VM_EXIT_SAVE_DEBUG_CONTROLS:
@@ -1180,12 +1225,6 @@ class VmxCpu:
             new_pat = v.get(F.HOST_IA32_PAT, 0) if exit_ctl & C.VM_EXIT_LOAD_IA32_PAT else pat
         if new_pat != pat:
             m.msrs.poke(0x277, new_pat)
-        if guest_written:
-            g = m.gprs.read()
-            for enc in guest_written:
-                g[_FAST_GUEST[enc]] = v[enc]
-            g[REG.RFLAGS] |= 2
-            m.gprs.write()
         return True
 
     def _rearm(self, v: dict[int, int]) -> None:

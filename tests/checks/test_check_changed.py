@@ -1,0 +1,139 @@
+"""check_changed: the incremental VM-entry check that VMRESUME runs after a VM exit.
+
+Premise (checks/engine.py): the VMCS passed every check at its last entry and has
+changed since only in the fields given.  Then every rule that reads none of them
+(and no physical memory) gives the answer it gave, so the first failing rule --
+and with it the outcome the processor reports -- is the one the full check finds.
+The property below holds that against the full check for random changes; it fails
+whenever a rule reads a field its `fields` metadata does not declare.
+"""
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from vmxlab import caps
+from vmxlab.arch import controls as C
+from vmxlab.arch import fields as F
+from vmxlab.checks import check, check_changed
+from vmxlab.checks.template import build
+
+import checks_support
+
+WRITABLE = [f for f in F.FIELDS if not f.read_only]
+VMCS_POINTER = 0x5000
+
+
+def _outcome(r):
+    return r.outcome, r.rule, r.error, r.exit_reason, r.qualification
+
+
+def _memory(addr, size):
+    return bytes(size)                  # zero-filled physical memory
+
+
+@st.composite
+def changes(draw, base):
+    chosen = draw(st.lists(st.sampled_from(WRITABLE), min_size=1, max_size=3, unique=True))
+    out = {}
+    for f in chosen:
+        old = base.get(f.encoding, 0)
+        out[f.encoding] = draw(st.one_of(
+            st.integers(0, f.mask),
+            st.integers(0, f.bits - 1).map(lambda b, old=old: old ^ (1 << b)),    # one bit flipped
+            st.sampled_from([0, f.mask])))
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from([*caps.shipped(), "synthetic-max"]),
+       mode=st.sampled_from(["long", "compat", "protected", "unrestricted-real"]))
+def test_incremental_check_finds_what_the_full_check_finds(data, name, mode):
+    p = checks_support.profile(name)
+    try:
+        vmcs = build(p, mode).vmcs.copy()
+    except Exception:                   # a mode the profile cannot run (unrestricted guest)
+        assume(False)
+    vmcs.launch_state = "launched"
+    assert check(vmcs, p, _memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER).ok
+    delta = data.draw(changes(dict(vmcs.values)))
+    for enc, value in delta.items():
+        vmcs.values[enc] = value
+    full = check(vmcs, p, _memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER)
+    quick = check_changed(vmcs, p, set(delta), _memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER)
+    assert _outcome(quick) == _outcome(full), (
+        f"changed {[F.BY_ENCODING[e].name for e in delta]}: full {full.rule}, incremental {quick.rule}")
+
+
+def test_a_rule_reading_memory_runs_when_only_memory_changed():
+    """A PAE guest without EPT: VM entry checks the PDPTEs in the table GUEST_CR3
+    references (SDM "Checks on Guest Page-Directory-Pointer-Table Entries"), so a
+    PDPTE made invalid in memory fails VMRESUME although no field changed."""
+    p = caps.load("skylake-client")
+    vmcs = build(p, "protected").vmcs.copy()
+    vmcs.launch_state = "launched"
+    vmcs["SECONDARY_VM_EXEC_CONTROL"] = vmcs["SECONDARY_VM_EXEC_CONTROL"] & ~C.SECONDARY_EXEC_ENABLE_EPT
+    vmcs["GUEST_CR0"] = vmcs["GUEST_CR0"] | 0x80000000          # PG
+    vmcs["GUEST_CR4"] = vmcs["GUEST_CR4"] | 0x20                # PAE
+    vmcs["GUEST_CR3"] = 0x7000
+    pdpt = bytearray(32)
+
+    def memory(addr, size):
+        return bytes(pdpt[addr - 0x7000:addr - 0x7000 + size]) if 0x7000 <= addr < 0x7020 else bytes(size)
+
+    assert check(vmcs, p, memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER).ok
+    pdpt[0:8] = (1 | 1 << 1).to_bytes(8, "little")            # present, reserved bit 1 set
+    full = check(vmcs, p, memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER)
+    quick = check_changed(vmcs, p, set(), memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER)
+    assert (full.exit_reason, full.qualification, full.rule) == (33, 2, "guest.pdpte.memory")
+    assert _outcome(quick) == _outcome(full)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from([*caps.shipped(), "synthetic-max"]),
+       mode=st.sampled_from(["long", "compat", "protected", "unrestricted-real"]))
+def test_a_rule_whose_answer_changes_is_one_the_incremental_check_runs(data, name, mode):
+    """The sharper form of the property: every rule (not only the first failing
+    one) that fails after the change must be among the rules check_changed runs
+    for the changed fields -- i.e. each rule declares every field it reads."""
+    from vmxlab.checks.engine import Entry, _rules_reading, all_values
+    from vmxlab.checks.facts import facts
+    from vmxlab.checks.registry import MSR_LOAD, RULES, Unknown
+    p = checks_support.profile(name)
+    try:
+        vmcs = build(p, mode).vmcs.copy()
+    except Exception:
+        assume(False)
+    delta = data.draw(changes(dict(vmcs.values)))
+    vmcs.values.update(delta)
+    v = all_values(vmcs.values)
+    e = Entry(v, facts(p), "vmresume", True, False, _memory, VMCS_POINTER, "launched")
+    ran = {r.id for _g, _f, r in _rules_reading(frozenset(delta))}
+    for r in RULES:
+        if r.klass == MSR_LOAD or r.id in ran:
+            continue
+        try:
+            out = r.fn(v, facts(p), e)
+        except Unknown:
+            continue
+        assert out is None, (f"{r.id} fails after changing {[F.BY_ENCODING[x].name for x in delta]} "
+                             f"but does not declare reading them: {out}")
+
+
+def test_every_single_bit_change_is_seen_by_the_rules_that_read_it():
+    """The same property swept: from each template, every bit of every writable
+    field flipped alone: every violation the full check reports is of a rule
+    that check_changed runs for that field."""
+    from vmxlab.checks.engine import _rules_reading
+    from vmxlab.checks.registry import MSR_LOAD
+    from vmxlab.vmcs.store import Vmcs
+    p = checks_support.profile("synthetic-max")
+    for mode in ("long", "compat", "protected", "unrestricted-real"):
+        base = dict(build(p, mode).vmcs.values)
+        for f in WRITABLE:
+            ran = {r.id for _g, _f, r in _rules_reading(frozenset([f.encoding]))}
+            old = base.get(f.encoding, 0)
+            for b in range(f.bits):
+                vmcs = Vmcs({**base, f.encoding: old ^ (1 << b)})
+                vmcs.launch_state = "launched"
+                r = check(vmcs, p, _memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER, all=True)
+                missed = [x.rule.id for x in r.violations if x.rule.klass != MSR_LOAD and x.rule.id not in ran]
+                assert not missed, f"{mode}: {f.name} bit {b} fails {missed}, which do not read it"
