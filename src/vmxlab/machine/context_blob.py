@@ -117,6 +117,7 @@ class ContextBlob:
             raise UnsupportedUnicorn(f"context size {size} differs from the self-tested {lay.size}")
         self.mv = memoryview((ctypes.c_char * size).from_address(self.ctx.value)).cast("B")
         self._seg = struct.Struct("<I4xQII")
+        self._segs = struct.Struct("<" + "I4xQII" * 10)
 
     def load(self) -> "ContextBlob":
         self.engine.context_save(self.ctx)
@@ -164,6 +165,14 @@ class ContextBlob:
     def cache(self, slot: int) -> tuple[int, int, int, int]:
         """(selector, base, limit, flags) of a segment / LDTR / TR / GDTR / IDTR cache."""
         return self._seg.unpack_from(self.mv, self.layout.segs + 24 * slot)
+
+    def caches(self) -> tuple[int, ...]:
+        """All ten caches at once: (selector, base, limit, flags) x ES..GS, LDT, TR, GDT, IDT."""
+        return self._segs.unpack_from(self.mv, self.layout.segs)
+
+    def set_caches(self, values) -> None:
+        """All ten caches at once (the flat sequence caches() returns; values in range)."""
+        self._segs.pack_into(self.mv, self.layout.segs, *values)
 
     def set_cache(self, slot: int, selector: int, base: int, limit: int, flags: int) -> None:
         self._seg.pack_into(self.mv, self.layout.segs + 24 * slot, selector & 0xFFFF,

@@ -43,6 +43,7 @@ _MSR_KEYS = (("GUEST_IA32_DEBUGCTL", M.IA32_DEBUGCTL), ("GUEST_SYSENTER_CS", M.I
 
 
 _KEYSET = frozenset(KEYS)
+_M64 = (1 << 64) - 1
 _GPR_KEYS = tuple({"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLAGS"}.get(n, n)
                   for n in REG.GPRS_NAMES)
 _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
@@ -63,9 +64,9 @@ class StateAccess:
             s["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
         s.update(zip(_CTRL_KEYS, c))
         s["CR8"] = self.cr8
-        cache = blob.cache
+        caches = blob.caches()
         for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
-            sel, base, limit, flags = cache(slot)
+            sel, base, limit, flags = caches[4 * slot:4 * slot + 4]
             ar = (flags >> 8) & 0xF0FF
             if not flags & CB.DESC_P:
                 if slot != CB.CS:
@@ -76,8 +77,8 @@ class StateAccess:
             s[kbase] = base
             s[klimit] = limit
             s[kar] = ar
-        _s, s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"], _f = cache(CB.GDT)
-        _s, s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"], _f = cache(CB.IDT)
+        s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"] = caches[4 * CB.GDT + 1:4 * CB.GDT + 3]
+        s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"] = caches[4 * CB.IDT + 1:4 * CB.IDT + 3]
         intr = 0
         if blob.hflags & CB.HF_INHIBIT_IRQ:
             intr |= EV.INTERRUPTIBILITY_STI if s["GUEST_RFLAGS"] & AR.RFLAGS_IF else EV.INTERRUPTIBILITY_MOV_SS
@@ -156,15 +157,16 @@ class StateAccess:
         for key, index in io.py_msrs:
             values[index] = s[key] & 0xFFFFFFFF if index == M.IA32_TSC_AUX else s[key]
         blob = self.blob.load()
-        set_cache = blob.set_cache
+        caches = [0] * 40
         for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
             ar = s[kar]
             flags = (ar & 0xF0FF) << 8
             if ar & 0x10000:
                 flags &= ~CB.DESC_P
-            set_cache(slot, s[ksel], s[kbase], s[klimit], flags)
-        set_cache(CB.GDT, 0, s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"], 0)
-        set_cache(CB.IDT, 0, s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"], 0)
+            caches[4 * slot:4 * slot + 4] = (s[ksel] & 0xFFFF, s[kbase] & _M64, s[klimit] & 0xFFFFFFFF, flags)
+        caches[4 * CB.GDT + 1:4 * CB.GDT + 3] = (s["GUEST_GDTR_BASE"] & _M64, s["GUEST_GDTR_LIMIT"] & 0xFFFFFFFF)
+        caches[4 * CB.IDT + 1:4 * CB.IDT + 3] = (s["GUEST_IDTR_BASE"] & _M64, s["GUEST_IDTR_LIMIT"] & 0xFFFFFFFF)
+        blob.set_caches(caches)
         blob.set_efer(efer)
         blob.recompute_segment_hflags(cr0, g[REG.RFLAGS])
         intr = s["GUEST_INTERRUPTIBILITY_INFO"]

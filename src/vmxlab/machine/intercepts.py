@@ -50,12 +50,14 @@ _M = I.Mnemonic
 
 
 class Action(Enum):
+    __hash__ = object.__hash__       # members are singletons; Enum's own __hash__ is Python code on hot paths
     NATIVE = "native"
     DONE = "done"
     STOP = "stop"
 
 
 class Kind(Enum):
+    __hash__ = object.__hash__       # (as Action) kinds are set and dict keys on every intercept
     CPUID = "CPUID"
     RDMSR = "RDMSR"
     WRMSR = "WRMSR"

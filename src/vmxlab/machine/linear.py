@@ -118,8 +118,22 @@ class MemoryAccess:
 
     @second_stage.setter
     def second_stage(self, fn) -> None:
-        self._second_stage = fn
-        self.flush_tlb()
+        self.set_second_stage(fn)
+
+    def set_second_stage(self, fn, tag=None) -> None:
+        """Install the second stage (None: guest-physical = host-physical).  `tag`
+        names its translations (the VMX layer passes the EPTP): the software TLB
+        keeps the translations of each (paging context, tag) apart, as EPTP-tagged
+        TLBs do, so switching between tagged stages invalidates nothing but
+        unicorn's untagged TLB; without a tag every translation is dropped."""
+        if fn is self._second_stage and tag == self._s2_tag and (tag is not None or fn is None):
+            return
+        self._second_stage, self._s2_tag = fn, tag
+        self._ctx_key = None                       # the next paging_context() picks the tagged TLB
+        if tag is None and fn is not None:
+            self.flush_tlb()
+        else:
+            self.engine.flush_tlb()
 
     def _gpa_to_hpa(self, gpa: int, access: int, linear: int | None = None, paging_entry: bool = False) -> int:
         s2 = self._second_stage
@@ -200,7 +214,7 @@ class MemoryAccess:
             cr3 = c[REG.CR3] if cr3 is None else cr3
             cr4 = c[REG.CR4] if cr4 is None else cr4
         efer = self._efer if efer is None else efer
-        key = (cr0, cr3, cr4, efer, self.pdptes)
+        key = (cr0, cr3, cr4, efer, self.pdptes, self._s2_tag)
         if key == self._ctx_key:
             return self._ctx
         ctx = Context.from_registers(cr0, cr3, cr4, efer, self.profile.maxphyaddr,
@@ -208,6 +222,8 @@ class MemoryAccess:
         self._ctx_key, self._ctx = key, ctx
         # the software TLB is tagged by translation context (like PCIDs/VPIDs): each
         # context has its own dictionary, all emptied by flush_tlb()
+        if len(self._stlbs) > 64:
+            self._stlbs.clear()
         self._stlb = self._stlbs.setdefault(key, {})
         return ctx
 
@@ -388,10 +404,8 @@ class MemoryAccess:
         out = bytearray()
         while size > 0:
             n = min(size, PAGE - (linear & 0xFFF))
-            try:
-                tr = self.walk(linear, READ, implicit=True)
-                hpa = self._gpa_to_hpa(tr.physical, READ, linear)
-            except (PageFault, SecondStageRefusal, NonexistentMemory):
+            hpa = self._code_hpa(linear)
+            if hpa is None:
                 break
             out += self.mem.read(hpa, n)
             linear += n
@@ -450,11 +464,41 @@ class MemoryAccess:
         index, width, shift = spec
         return REG.extract_gpr(g[index], width, shift)
 
+    def _code_hpa(self, linear: int) -> int | None:
+        """The host-physical address of instruction bytes at `linear`: from the
+        software TLB when a fetch filled it, else by a walk that sets no flags."""
+        page = linear >> 12
+        self.paging_context()                      # selects the software TLB of the current context
+        stlb = self._stlb
+        if stlb:
+            hit = stlb.get((page, FETCH, False, False, False)) or stlb.get((page, FETCH, True, False, False))
+            if hit is not None:
+                return hit[1] | (linear & 0xFFF)
+        try:
+            tr = self.walk(linear, READ, implicit=True)
+            return self._gpa_to_hpa(tr.physical, READ, linear)
+        except (PageFault, SecondStageRefusal, NonexistentMemory):
+            return None
+
     def decode_at(self, linear: int, bitness: int | None = None) -> I.Instruction:
+        """The instruction at `linear` (decoded once per address and bytes: the
+        intercept paths decode the same few instructions over and over)."""
         if bitness is None:
             hf = self.blob.load().hflags
             bitness = 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16)
-        return I.Decoder(bitness, self.fetch_bytes(linear), ip=linear).decode()
+        hpa = self._code_hpa(linear)
+        if hpa is None or (linear & 0xFFF) > PAGE - 15:
+            return I.Decoder(bitness, self.fetch_bytes(linear), ip=linear).decode()
+        view = self.mem.view
+        key = (linear, hpa, bitness)
+        hit = self._decoded.get(key)
+        if hit is not None and view[hpa:hpa + len(hit[0])] == hit[0]:
+            return hit[1]
+        insn = I.Decoder(bitness, bytes(view[hpa:hpa + 15]), ip=linear).decode()
+        if len(self._decoded) > 4096:
+            self._decoded.clear()
+        self._decoded[key] = (bytes(view[hpa:hpa + max(insn.len, 1)]), insn)
+        return insn
 
 
 class _NonCanonical(Exception):

@@ -99,6 +99,8 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self.subs = Subscriptions()
         self.client = None
         self._second_stage = None
+        self._s2_tag = None                       # names the second stage's translations (linear.py)
+        self._decoded: dict = {}                  # (linear, hpa, bitness) -> (bytes, instruction)
         self.cr0_fixed: tuple[int, int] | None = None
         self.cr4_fixed: tuple[int, int] | None = None
         # run-loop state

@@ -58,6 +58,7 @@ from .paging import PageFault
 
 
 class StopReason(Enum):
+    __hash__ = object.__hash__       # (as intercepts.Action)
     HALTED = "halted"                        # HLT and nothing can wake the processor
     SHUTDOWN = "shutdown"                    # triple fault
     EVENT = "event"                          # the client answered STOP (or a window/deadline request fired)

@@ -201,14 +201,13 @@ class VmxCpu:
     # ---- processor context for the instructions ------------------------------------------
     def context(self) -> Context:
         m = self.m
-        g = m.gprs.read()
+        rflags = m.gprs.read()[REG.RFLAGS]
         c = m.ctrl.read()
-        cs_ar = m.segment("CS")[3]
-        efer = m._efer
-        hf = m.blob.load().hflags
-        mov_ss = bool(hf & CB.HF_INHIBIT_IRQ) and not g[REG.RFLAGS] & AR.RFLAGS_IF
-        return Context(cpl=m.cpl(), cr0=c[REG.CR0], cr4=c[REG.CR4], efer_lma=bool(efer & 0x400),
-                       cs_l=bool(cs_ar & (1 << 13)), v8086=bool(g[REG.RFLAGS] & AR.RFLAGS_VM),
+        blob = m.blob.load()                      # one context save: CPL, CS.L, interrupt shadow
+        hf = blob.hflags
+        mov_ss = bool(hf & CB.HF_INHIBIT_IRQ) and not rflags & AR.RFLAGS_IF
+        return Context(cpl=hf & CB.HF_CPL_MASK, cr0=c[REG.CR0], cr4=c[REG.CR4], efer_lma=bool(m._efer & 0x400),
+                       cs_l=bool(blob.cache(CB.CS)[3] & CB.DESC_L), v8086=bool(rflags & AR.RFLAGS_VM),
                        feature_control=m.msrs.peek(0x3A), mov_ss_blocking=mov_ss)
 
     # ---- the Python API ------------------------------------------------------------------
@@ -636,7 +635,7 @@ class VmxCpu:
             m.set_tsc_deadline(None)
         if sec & C.SECONDARY_EXEC_ENABLE_EPT:
             self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
-            m.second_stage = self._second_stage
+            m.set_second_stage(self._second_stage, tag=self._ept)
         else:
             self._ept = None
             m.second_stage = None
