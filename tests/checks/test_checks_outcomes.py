@@ -115,7 +115,7 @@ def test_result_json_format():
     assert d["error_name"] == "VMXERR_ENTRY_INVALID_HOST_STATE_FIELD"
     assert d["exit_reason"] is None and d["qualification"] is None
     v = d["violations"][0]
-    assert v == {"rule": "host.cr4.fixed_bits", "section": "Checks on Host Control Registers, Debug Registers, and MSRs",
+    assert v == {"rule": "host.cr4.fixed_bits", "section": "Checks on Host Control Registers, MSRs, and SSP",
                  "field": "HOST_CR4", "value": "0x0", "message": v["message"]}
     json.dumps(d)
     d = run(SKL, mods={"GUEST_RFLAGS": 0}).to_dict()

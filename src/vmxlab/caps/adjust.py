@@ -1,7 +1,8 @@
 """Adjusting control values and CR0/CR4 through the capability MSRs.
 
-Source: Intel SDM Vol. 3C "Algorithms for Determining VMX Capabilities" and
-Vol. 3D Appendix A.3-A.5 (a control whose allowed-0 setting is 1 must be 1; one
+Source: Intel SDM Vol. 3D Appendix A "VMX Capability Reporting Facility",
+A.2 "Reserved Controls and Default Settings" (the algorithm for determining a
+control's setting, in older editions a section of its own) and A.3-A.5 (a control whose allowed-0 setting is 1 must be 1; one
 whose allowed-1 setting is 0 must be 0), A.7 / A.8 "VMX-Fixed Bits in CR0/CR4"
 (a bit set in FIXED0 must be 1, a bit clear in FIXED1 must be 0; with the
 "unrestricted guest" control, PE and PG of the guest's CR0 may be 0 -- "Checks on

@@ -1,5 +1,5 @@
 """Checks on the host-state area and on address-space size (Intel SDM Vol. 3C
-"Checks on Host Control Registers, Debug Registers, and MSRs", "Checks on Host
+"Checks on Host Control Registers, MSRs, and SSP", "Checks on Host
 Segment and Descriptor-Table Registers", "Checks Related to Address-Space Size").
 Any failure: VMfailValid 8.
 

@@ -130,7 +130,11 @@ def load_hypervisor(m, cpu, sc, literal: bool = False, handler: ExitHandler | No
     cpu.vmxon(vmxon_region)
     cpu.vmclear(vmcs_region)
     cpu.vmptrld(vmcs_region)
-    setup.run()
+    try:
+        setup.run()
+    except ProbeFault as e:
+        e.setup = setup                 # the writes made before the driver crashed
+        raise
     for name, op, value in edits:
         old = cpu.vmread(name)
         new = value if op == "set" else (old | value if op == "or" else old & ~value)
@@ -157,9 +161,11 @@ def run_demo(cpu_profile: str | None = None, literal: bool = False, trace: bool 
         setup, _proc = load_hypervisor(m, cpu, sc, literal, handler)
     except ProbeFault as e:
         result.outcome = "driver crashed"
+        if getattr(e, "setup", None) is not None:
+            result.writes = e.setup.writes
         result.report = (f"{e.what} raised #{'GP' if e.vector == 13 else e.vector} at CPL 0 in the driver "
                          + ("(the seed reads the TRUE capability MSRs without checking IA32_VMX_BASIC bit 55)"
-                            if "rdmsr" in e.what.lower() else ""))
+                            if "rdmsr" in e.what.lower() and "TRUE" in e.what else ""))
         result.console = m.uart.text()
         return result
     result.writes = setup.writes

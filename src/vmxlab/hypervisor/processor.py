@@ -11,6 +11,8 @@ a driver.
 """
 from __future__ import annotations
 
+from ..arch import msrs as M
+
 import struct
 
 from ..guests.asm import asm
@@ -92,7 +94,10 @@ class Processor:
         return limit, base
 
     def rdmsr(self, index: int) -> int:
-        r = self.execute("rdmsr", regs={"RCX": index}, out=("RAX", "RDX"))
+        try:
+            r = self.execute("rdmsr", regs={"RCX": index}, out=("RAX", "RDX"))
+        except ProbeFault as e:
+            raise ProbeFault(e.vector, f"RDMSR {M.name_of(index)} ({index:#x})") from None
         return (r["RDX"] & 0xFFFFFFFF) << 32 | (r["RAX"] & 0xFFFFFFFF)
 
     def rflags(self) -> int:

@@ -8,6 +8,11 @@ from .bluepill import DemoResult
 from .seed_setup import DEVIATIONS, STEPS
 
 
+
+def _deviations(r) -> list[str]:
+    """The deviation marks (D1..D5) the writes carry ("D2, D5": two)."""
+    return sorted({d for w in r.writes if w.deviation for d in w.deviation.split(", ")})
+
 def _hex(field: str, value: int) -> str:
     f = F.by_name(field)
     digits = {"16": 4, "32": 8}.get(f.width, 16)
@@ -31,7 +36,7 @@ def text(r: DemoResult, trace: bool = False) -> str:
     if r.literal:
         out.append("  (literal: the seed's mistakes are reproduced)")
     else:
-        used = sorted({w.deviation for w in r.writes if w.deviation})
+        used = _deviations(r)
         out.append("  deviations from the seed:")
         out.extend(f"    {d}: {DEVIATIONS[d]}" for d in used)
     out.append("")
@@ -103,7 +108,7 @@ def document(r: DemoResult) -> dict:
         "setup": [{"step": w.step, "field": w.field, "value": f"{w.value:#x}", "source": w.source, "seed": w.seed,
                    **({"deviation": w.deviation} if w.deviation else {}),
                    **({"failed": w.failed} if w.failed else {})} for w in r.writes],
-        "deviations": {d: DEVIATIONS[d] for d in sorted({w.deviation for w in r.writes if w.deviation})},
+        "deviations": {d: DEVIATIONS[d] for d in _deviations(r)},
         "adjustments": [{"field": a.field, "wanted": f"{a.wanted:#x}", "value": f"{a.value:#x}", "msr": a.msr,
                          "forced": a.forced, "dropped": a.dropped} for a in r.adjustments],
         "check": r.check.to_dict() if r.check is not None else None,

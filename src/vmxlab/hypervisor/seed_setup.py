@@ -124,6 +124,14 @@ class SeedSetup:
             index = plain_index
         return self.rdmsr(index), M.name_of(index)
 
+    def d5(self, msr: str, *others: str) -> str:
+        """The deviation marks of a write whose control was adjusted through `msr`:
+        D5 where the fixed mode read the plain capability MSR instead of the TRUE one."""
+        marks = [*others]
+        if not self.literal and "TRUE" not in msr:
+            marks.append("D5")
+        return ", ".join(marks)
+
     def adjust(self, field: str, wanted: int, true_index: int, plain_index: int | None = None) -> tuple[int, str]:
         if plain_index is None:
             value, name = self.rdmsr(true_index), M.name_of(true_index)
@@ -206,7 +214,7 @@ class SeedSetup:
         value, msr = self.adjust(field, SEED_CONTROLS[field], M.IA32_VMX_TRUE_PROCBASED_CTLS,
                                  M.IA32_VMX_PROCBASED_CTLS)
         self.write(8, field, value, f"use MSR bitmaps | activate secondary, through {msr}",
-                   "or ecx,eax / and ecx,edx / vmwrite,CPU_BASED_VM_EXEC_CONTROL,rcx", "" if self.literal else "D5")
+                   "or ecx,eax / and ecx,edx / vmwrite,CPU_BASED_VM_EXEC_CONTROL,rcx", self.d5(msr))
 
     def step9(self) -> None:
         field = "SECONDARY_VM_EXEC_CONTROL"
@@ -226,19 +234,20 @@ class SeedSetup:
             self.write(10, field, 0, "0, not adjusted", "vmwrite,PIN_BASED_VM_EXEC_CONTROL,0")
             return
         value, msr = self.adjust(field, 0, M.IA32_VMX_TRUE_PINBASED_CTLS, M.IA32_VMX_PINBASED_CTLS)
-        self.write(10, field, value, f"0 through {msr}", "vmwrite,PIN_BASED_VM_EXEC_CONTROL,0", "D2")
+        self.write(10, field, value, f"0 through {msr}", "vmwrite,PIN_BASED_VM_EXEC_CONTROL,0", self.d5(msr, "D2"))
 
     def step11(self) -> None:
         field = "VM_EXIT_CONTROLS"
         for _ in range(2 if self.literal else 1):           # the seed writes this block twice
             value, msr = self.adjust(field, SEED_CONTROLS[field], M.IA32_VMX_TRUE_EXIT_CTLS, M.IA32_VMX_EXIT_CTLS)
             self.write(11, field, value, f"host address-space size | acknowledge interrupt on exit, through {msr}",
-                       "and ecx,edx / or ecx,eax / vmwrite,VM_EXIT_CONTROLS,rcx")
+                       "and ecx,edx / or ecx,eax / vmwrite,VM_EXIT_CONTROLS,rcx", self.d5(msr))
 
     def step12(self) -> None:
         field = "VM_ENTRY_CONTROLS"
         value, msr = self.adjust(field, SEED_CONTROLS[field], M.IA32_VMX_TRUE_ENTRY_CTLS, M.IA32_VMX_ENTRY_CTLS)
-        self.write(12, field, value, f"IA-32e mode guest, through {msr}", "vmwrite,VM_ENTRY_CONTROLS,rcx")
+        self.write(12, field, value, f"IA-32e mode guest, through {msr}", "vmwrite,VM_ENTRY_CONTROLS,rcx",
+                   self.d5(msr))
 
     def step13(self) -> None:
         self.write(13, "GUEST_IA32_EFER", self.rdmsr(M.IA32_EFER), "RDMSR IA32_EFER", "vmwrite,GUEST_EFER,rbx")

@@ -158,7 +158,8 @@ def identity_map(alloc: Callable[[], int], write64: Callable[[int, int], None], 
     """Build an identity EPT over [0, size) and return its EPTP (write-back walk, RWX).
 
     `alloc()` returns the host-physical address of a zeroed 4-KiB page.  2-MiB
-    pages where possible, as the seed's hypervisor does, 4-KiB pages for a tail.
+    pages where possible (what the seed enables EPT for but never builds: deviation D3
+    of hypervisor/seed_setup.py), 4-KiB pages for a tail.
     """
     root = alloc()
     tables: dict[tuple[int, int], int] = {}

@@ -13,7 +13,7 @@ Sources (Intel SDM Vol. 3C):
   RFLAGS", "Saving Non-Register State";
 - "Loading Host State": "Loading Host Control Registers, Debug Registers, MSRs",
   "Loading Host Segment and Descriptor-Table Registers", "Loading Host RIP, RSP,
-  and RFLAGS", "Updating Non-Register State".
+  RFLAGS, and SSP", "Updating Non-Register State".
 
 Where the SDM leaves a value undefined (e.g. the base of an unusable DS after VM
 entry), vmxlab loads the field's value: a defined choice within "undefined".
