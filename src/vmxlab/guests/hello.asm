@@ -14,6 +14,7 @@ hello_start:
     call hello_puts
 
     mov eax, 0x40000000                  # the hypervisor's leaf: EBX, ECX, EDX = signature
+hello_cpuid:
     cpuid
     lea rdi, [hello_sig]
     mov dword ptr [rdi], ebx

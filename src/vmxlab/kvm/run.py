@@ -464,6 +464,10 @@ class _KvmRun:
         s.recorder(view, info)
         s.handler.handle(view)
         if view.stopped is not None or s.handler.exhausted:
+            # the guest stays at the exit: its state is what the exit saved (RIP at the instruction)
+            state = self.km.get_state()
+            state["GUEST_RIP"] = info.guest_rip
+            r.registers = R.registers_of(state)
             if s.handler.halted:
                 return
             if not s.handler.exhausted:
