@@ -360,3 +360,23 @@ def test_edits_are_parsed_by_any_field_name():
     assert parse_edit("set", "0x681e=0x1000") == ("GUEST_RIP", "set", 0x1000)     # by encoding
     assert parse_edit("andnot", "cpu_based_vm_exec_control=0b1000_0000")[2] == 0x80
     assert C.CPU_BASED_HLT_EXITING == HLT_EXITING and C.CPU_BASED_UNCOND_IO_EXITING == IO_EXITING
+
+
+def test_vmx_abort_on_a_vm_exit_msr_load_of_fs_base_is_a_shutdown():
+    # "Loading MSRs" at VM exit: an entry for IA32_FS_BASE (C0000100H) is a VMX abort
+    # with indicator 4 ("VMX Aborts"); the processor then enters shutdown
+    prog = asm("""
+        cpuid
+        ret
+    .balign 4096
+    area:
+        .long 0xc0000100
+        .long 0
+        .quad 0
+    """, IMG.FLAT_BASE)
+    r = run_image(prog.code, edits=[parse_edit("set", f"VM_EXIT_MSR_LOAD_ADDR={prog.labels['area']:#x}"),
+                                    parse_edit("set", "VM_EXIT_MSR_LOAD_COUNT=1")])
+    assert r.launch == "VM entry succeeded"
+    assert r.outcome == "shutdown" and "VMX abort, indicator 4" in r.detail
+    assert f"CPUID at guest RIP {IMG.FLAT_BASE:#x}" in r.detail
+    assert r.exits == []                  # the exit never reached the host (no handler, no observer)

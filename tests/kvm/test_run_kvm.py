@@ -95,3 +95,24 @@ def test_missing_kvm_is_one_line_and_status_2(monkeypatch, capsys):
     assert captured.err.count("\n") == 1 and "/nonexistent/kvm does not exist" in captured.err
     assert captured.out == ""
 
+
+
+@needs_kvm
+def test_memory_beyond_ram_is_an_ept_violation_on_both_backends():
+    # an instruction fetch at 0x5000000 (RAM ends at 0x4000000): EPT violation, bit 2
+    # (instruction fetch), bit 7 (guest-linear address valid), bit 8 (the access was to
+    # the translated address) -- "Exit Qualification for EPT Violations"
+    sim, kvm = _both(IMG.builtin("hello"), edits=[parse_edit("set", "GUEST_RIP=0x5000000")])
+    assert sim.outcome == kvm.outcome == "stopped"
+    assert [e for e in kvm.exits] == [e for e in sim.exits]
+    e = kvm.exits[0]
+    assert (e["name"], e["qualification"], e["guest_rip"], e["guest_linear_address"], e["guest_physical_address"]) \
+        == ("EPT_VIOLATION", (1 << 2) | (1 << 7) | (1 << 8), 0x5000000, 0x5000000, 0x5000000)
+    # a data read there: bit 0, at the same guest-physical address
+    read = asm("mov rax, 0x5000010\nload: mov rax, qword ptr [rax]\nret", IMG.FLAT_BASE)
+    sim, kvm = _both(read.code)
+    for r in (sim, kvm):
+        assert r.outcome == "stopped" and [x["name"] for x in _vmx_exits(r)] == ["EPT_VIOLATION"]
+        x = _vmx_exits(r)[0]
+        assert x["qualification"] & 7 == 1 and x["guest_physical_address"] == 0x5000010
+        assert x["guest_rip"] == read.labels["load"]

@@ -93,7 +93,7 @@ def _check_placement(name: str, what: str, start: int, size: int) -> None:
     for lo, hi, area in RESERVED:
         if start < hi and lo < end:
             raise ImageError(f"{name}: {what} [{start:#x}, {end:#x}) overlaps {area} at [{lo:#x}, {hi:#x}); "
-                             f"link the image elsewhere, e.g. at {FLAT_BASE:#x}")
+                             f"link the image elsewhere, e.g. at {FLAT_BASE:#x} (ld -Ttext-segment={FLAT_BASE:#x})")
 
 
 def parse(data: bytes, name: str = "image") -> Image:

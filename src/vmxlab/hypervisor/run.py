@@ -324,9 +324,25 @@ def _classify_sim(s: Session, stop) -> None:
         r.outcome = "devirtualized" if h.devirtualized else "halted"
         r.detail = f"HLT with nothing that can wake the processor; RIP {stop.rip:#x}"
     elif stop.reason == StopReason.SHUTDOWN:
-        r.outcome, r.detail = "shutdown", f"triple fault at {stop.rip:#x}"
+        r.outcome, r.detail = "shutdown", vmx_abort(s) or f"triple fault at {stop.rip:#x}"
     else:
         r.outcome, r.detail = "error", str(stop)
+
+
+def vmx_abort(s: Session) -> str:
+    """A VMX abort ("VMX Aborts": a VM exit that could not complete writes its
+    indicator at byte 4 of the VMCS region, then shutdown), described; or ""."""
+    vmx = s.cpu.vmx
+    pointer = vmx.current if vmx.in_vmx else None
+    if pointer is None or not s.m.mem.contains(pointer + 4, 4):
+        return ""
+    indicator = s.m.mem.read32(pointer + 4)
+    if not indicator:
+        return ""
+    what = X.VMX_ABORT_INDICATORS.get(indicator, "an indicator the SDM does not define")
+    e = s.cpu.exit
+    during = f" (in the VM exit for {e.name} at guest RIP {e.guest_rip:#x})" if e is not None else ""
+    return f"VMX abort, indicator {indicator}: {what}{during}"
 
 
 def crash_vector(read_phys) -> int | None:

@@ -51,6 +51,7 @@ from ..arch.cpuid import HYPERVISOR_LEAF
 from ..arch.msrs import X2APIC_FIRST, X2APIC_LAST
 from ..errors import BadInput
 from ..hypervisor import run as R
+from ..hypervisor.bluepill import HOST_HANDLER
 from ..hypervisor.handlers import SIGNATURE
 from ..machine import registers as REG
 from ..vmx.bitmaps import io_exits, msr_exits
@@ -114,10 +115,10 @@ def _copy_memory(km: KvmMachine, memory: bytes) -> None:
 
 # ---- what exits, from the VMCS --------------------------------------------------------------------
 class _Controls:
-    def __init__(self, values: dict, read):
+    def __init__(self, values: dict, read, host_rip: int):
         """values: the VMCS by encoding; read(physical address, n) -> bytes (the
-        hypervisor's memory, where its bitmaps are)."""
-        self.v, self._read, self._pages = values, read, {}
+        hypervisor's memory, where its bitmaps are); host_rip: the Python handler's."""
+        self.v, self._read, self._pages, self.host_rip = values, read, {}, host_rip
 
     @property
     def cpu(self) -> int:
@@ -172,7 +173,7 @@ class _Controls:
         return reads, writes, notes
 
     def unhonoured(self) -> list[str]:
-        """Exiting controls set in the VMCS that this backend cannot make exit."""
+        """Notes on what the VMCS asks for that this backend does not do."""
         honoured_cpu = (C.CPU_BASED_UNCOND_IO_EXITING | C.CPU_BASED_USE_IO_BITMAPS | C.CPU_BASED_HLT_EXITING
                         | C.CPU_BASED_USE_MSR_BITMAPS | C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS)
         default1 = C.CONTROL_FIELDS["CPU_BASED_VM_EXEC_CONTROL"].default1
@@ -182,10 +183,17 @@ class _Controls:
         names += C.names_of("SECONDARY_VM_EXEC_CONTROL", self.sec & sec_exiting)
         pin_default1 = C.CONTROL_FIELDS["PIN_BASED_VM_EXEC_CONTROL"].default1
         names += C.names_of("PIN_BASED_VM_EXEC_CONTROL", self.pin & ~pin_default1)
-        for name in ("EXCEPTION_BITMAP", "CR0_GUEST_HOST_MASK", "CR4_GUEST_HOST_MASK"):
-            if self.v.get(F.by_name(name).encoding, 0):
-                names.append(f"{name} (non-zero)")
-        return names
+        notes = [f"{name} is set but has no effect on this backend" for name in names]
+        for name in ("EXCEPTION_BITMAP", "CR0_GUEST_HOST_MASK", "CR4_GUEST_HOST_MASK", "VM_EXIT_MSR_STORE_COUNT",
+                     "VM_EXIT_MSR_LOAD_COUNT"):
+            value = self.v.get(F.by_name(name).encoding, 0)
+            if value:
+                notes.append(f"{name} = {value:#x} has no effect on this backend")
+        host_rip = self.v.get(F.HOST_RIP, 0)
+        if host_rip != self.host_rip:
+            notes.append(f"HOST_RIP = {host_rip:#x} is not the Python handler's address; on this backend the "
+                         "exits still go to the handler")
+        return notes
 
 
 # ---- the handlers' view of the processor at an exit ---------------------------------------------------
@@ -282,7 +290,8 @@ class _KvmRun:
         self.profile = s.profile
         self.vmcs = dict(s.cpu.vmx.current_vmcs.values)
         mem = s.m.mem
-        self.controls = _Controls(self.vmcs, lambda a, n: mem.read(a, n) if mem.contains(a, n) else bytes(n))
+        self.controls = _Controls(self.vmcs, lambda a, n: mem.read(a, n) if mem.contains(a, n) else bytes(n),
+                                  HOST_HANDLER)
         self.io = s.m.io
         self.deadline = time.monotonic() + timeout
         self.virtualized = True
@@ -309,6 +318,13 @@ class _KvmRun:
         m = self.s.m
         state = m.get_state()                     # the guest state VM entry loaded
         state["GUEST_CR4"] &= ~CR4_VMXE           # KVM gives its guest no VMX (notes/kvm.md)
+        if state["GUEST_ACTIVITY_STATE"] == EV.ACTIVITY_HLT:
+            # VM entry into the HLT state ("Guest Non-Register State"): on this backend
+            # nothing raises an interrupt, so nothing can wake the processor
+            self.r.outcome = "halted"
+            self.r.detail = f"VM entry in the HLT activity state; nothing can wake the processor; RIP {state['GUEST_RIP']:#x}"
+            self.r.registers = R.registers_of(state)
+            return False
         try:
             self.km = self._new_machine(True, m.mem.read(0, m.mem.size), state)
         except BadInput as e:
@@ -316,8 +332,7 @@ class _KvmRun:
             return False
         self.r.notes.append("CPUID and XSETBV are answered by KVM from its own tables (its CPUID table has the "
                             "hypervisor bit and the vmxlab signature): no CPUID or XSETBV exits on this backend")
-        for name in self.controls.unhonoured():
-            self.r.notes.append(f"{name} is set but makes no exits on this backend")
+        self.r.notes.extend(self.controls.unhonoured())
         return True
 
     def devirtualize(self) -> None:
@@ -436,6 +451,16 @@ class _KvmRun:
         if ex.suberror == abi.KVM_INTERNAL_ERROR_EMULATION and ex.insn_bytes and ex.insn_bytes[:3] == XGETBV:
             self.xgetbv()
             return
+        if ex.suberror == abi.KVM_INTERNAL_ERROR_EMULATION and self.virtualized:
+            # KVM cannot fetch code from guest-physical memory without RAM; under VMX the
+            # fetch is an EPT violation (the EPT maps RAM only): fetch, linear address valid,
+            # access to the translated address ("Exit Qualification for EPT Violations")
+            rip = self.km.get_state()["GUEST_RIP"]
+            gpa = self.km.translate(rip)
+            if gpa is not None and not any(lo <= gpa < lo + n for lo, n, _ in self.km.memory):
+                qual = X.QUAL_EPT_VIOLATION.encode(fetch=1, gla_valid=1, gla_translation=1)
+                self.vm_exit(ExitInfo(X.EPT_VIOLATION, qual, rip, 0, guest_linear=rip, guest_physical=gpa), None)
+                return
         r.outcome, r.detail = "error", ex.message
 
     def xgetbv(self) -> None:
