@@ -116,3 +116,12 @@ def test_memory_beyond_ram_is_an_ept_violation_on_both_backends():
         x = _vmx_exits(r)[0]
         assert x["qualification"] & 7 == 1 and x["guest_physical_address"] == 0x5000010
         assert x["guest_rip"] == read.labels["load"]
+
+
+@needs_kvm
+def test_undefined_opcode_is_ud_on_both_backends():
+    # 3FH (AAS) is not an instruction in 64-bit mode: #UD ("Instruction Set Reference":
+    # "Invalid in 64-bit mode"); the kernel's handler prints the vector and halts
+    sim, kvm = _both(b"\x3f")
+    assert sim.outcome == kvm.outcome == "crashed" and "#UD" in kvm.detail
+    assert kvm.console == sim.console and f"vector 0x6 rip {IMG.FLAT_BASE:#x}" in kvm.console

@@ -35,8 +35,9 @@ from ..arch.events import exception_name
 from ..caps import load as load_profile
 from ..checks import check
 from ..errors import BadInput
-from ..machine.runloop import StopReason
-from ..vmx.cpu import VmxFail, VmxFault
+from ..machine.events import MachineNotImplemented
+from ..machine.runloop import MachineError, StopReason
+from ..vmx.cpu import VmxAbort, VmxFail, VmxFault
 from . import image as IMG
 from .bluepill import boot_to_load_point, load_hypervisor
 from .handlers import ExitHandler, kvm_exit_line
@@ -243,9 +244,14 @@ def run_image(image, backend: str = "sim", cpu_profile: str | None = None, edits
         kvm_backend.continue_on_kvm(session, timeout)
     else:
         t0 = time.perf_counter()
-        stop = session.cpu.run(time_budget=timeout)
+        try:
+            stop = session.cpu.run(time_budget=timeout)
+        except (MachineError, MachineNotImplemented, VmxAbort) as e:
+            stop = None
+            result.outcome, result.detail = "error", f"the simulated processor stopped: {type(e).__name__}: {e}"
         result.seconds = time.perf_counter() - t0
-        _classify_sim(session, stop)
+        if stop is not None:
+            _classify_sim(session, stop)
         finish(session, session.m.mem.read)
     return result
 

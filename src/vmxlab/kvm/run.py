@@ -37,11 +37,14 @@ unconditionally under VMX), so those exits are missing; KVM's CPUID table carrie
 the hypervisor-present bit and the vmxlab signature at 40000000H (what the Python
 handler answers), on KVM's own feature bits.  Other exiting controls have no
 effect here (listed in the result's notes).  XGETBV, which KVM's instruction
-emulator cannot run on these hosts (KVM_EXIT_INTERNAL_ERROR), is completed here.
-"""
+emulator cannot run on these hosts (KVM_EXIT_INTERNAL_ERROR), is completed here,
+and an undefined opcode it reports the same way raises #UD; other instructions it
+lacks (x87, SSE, INT n at CPL0 ...) end the run with outcome "error"."""
 from __future__ import annotations
 
 import time
+
+import iced_x86
 
 from ..arch import controls as C
 from ..arch import events as EV
@@ -59,7 +62,7 @@ from ..vmx.cpu import ExitInfo
 from . import abi
 from .exits import HltExit, IoExit, KvmReport, MmioExit, MsrExit, TripleFaultExit
 from .machine import KvmMachine
-from .system import shared_kvm
+from .system import KvmError, shared_kvm
 
 SLICE = 0.05                     # seconds of KVM_RUN between looks for a livelocked VMCALL
 VMCALL = b"\x0f\x01\xc1"
@@ -296,7 +299,6 @@ class _KvmRun:
         self.deadline = time.monotonic() + timeout
         self.virtualized = True
         self.km: KvmMachine | None = None
-        self.kvm_exits = 0
 
     # -- machines --
     def _new_machine(self, hypervisor: bool, memory: bytes, state: dict) -> KvmMachine:
@@ -354,9 +356,9 @@ class _KvmRun:
                 if left <= 0:
                     r.outcome, r.detail = "budget exhausted", f"{r.timeout:g} s of run time used up (--timeout)"
                     break
-                ex = self.km.run(timeout=min(SLICE, left))
-                self.kvm_exits += 1
-                self.step(ex)
+                self.step(self.km.run(timeout=min(SLICE, left)))
+        except (KvmError, BadInput) as e:          # KVM refused what a handler asked for
+            r.outcome, r.detail = "error", f"KVM: {e}"
         finally:
             r.seconds = time.perf_counter() - t0
 
@@ -451,6 +453,13 @@ class _KvmRun:
         if ex.suberror == abi.KVM_INTERNAL_ERROR_EMULATION and ex.insn_bytes and ex.insn_bytes[:3] == XGETBV:
             self.xgetbv()
             return
+        if ex.suberror == abi.KVM_INTERNAL_ERROR_EMULATION and ex.insn_bytes and self.invalid_opcode(ex.insn_bytes):
+            # an encoding that is no instruction in this mode: #UD ("Invalid Opcode"),
+            # which KVM's emulator on these hosts reports as an emulation failure instead
+            self.km.inject_exception(EV.UD)
+            self.note_once("#UD: KVM's instruction emulator reports undefined opcodes as emulation failures on "
+                           "this host; the backend raised #UD")
+            return
         if ex.suberror == abi.KVM_INTERNAL_ERROR_EMULATION and self.virtualized:
             # KVM cannot fetch code from guest-physical memory without RAM; under VMX the
             # fetch is an EPT violation (the EPT maps RAM only): fetch, linear address valid,
@@ -462,6 +471,16 @@ class _KvmRun:
                 self.vm_exit(ExitInfo(X.EPT_VIOLATION, qual, rip, 0, guest_linear=rip, guest_physical=gpa), None)
                 return
         r.outcome, r.detail = "error", ex.message
+
+    def invalid_opcode(self, code: bytes) -> bool:
+        st = self.km.get_state()
+        if st["GUEST_IA32_EFER"] & (1 << 10) and st["GUEST_CS_AR_BYTES"] & (1 << 13):
+            bits = 64
+        else:
+            bits = 32 if st["GUEST_CS_AR_BYTES"] & (1 << 14) else 16
+        decoder = iced_x86.Decoder(bits, code, ip=st["GUEST_RIP"])
+        insn = decoder.decode()
+        return insn.code == iced_x86.Code.INVALID and decoder.last_error == iced_x86.DecoderError.INVALID_INSTRUCTION
 
     def xgetbv(self) -> None:
         """XGETBV ("XGETBV-Get Value of Extended Control Register"), which KVM's emulator
