@@ -351,9 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cpu", metavar="PROFILE", help="capability profile (name or JSON file)")
     r.add_argument("--trace", action="store_true", help="every VM exit as a kvm_exit line")
     r.add_argument("--json", action="store_true", help="one JSON document (vmxlab-run/1)")
-    for op, what in (("set", "write VALUE"), ("or", "OR the bits in"), ("andnot", "clear the bits of VALUE in")):
-        r.add_argument(f"--{op}", dest="edits", action=_Edit, metavar="FIELD=VALUE",
-                       help=f"{what} a VMCS field after the hypervisor's setup, before VMLAUNCH (repeatable)")
+    for op, meta, what in (("set", "FIELD=VALUE", "write VALUE into FIELD"), ("or", "FIELD=BITS", "set BITS in FIELD"),
+                           ("andnot", "FIELD=BITS", "clear BITS in FIELD")):
+        r.add_argument(f"--{op}", dest="edits", action=_Edit, metavar=meta,
+                       help=f"{what} (a VMCS field) after the hypervisor's setup, before VMLAUNCH; repeatable, "
+                       "applied in order")
     r.add_argument("--max-exits", type=_count, default=100_000, metavar="N",
                    help="stop the run at the VM exit after N handled ones (default 100000)")
     r.add_argument("--timeout", type=_seconds, default=30.0, metavar="S",

@@ -274,8 +274,8 @@ def _prepare(profile, img, edits, trace, max_exits, result) -> Session | None:
         result.outcome, result.detail = "error", f"the driver faulted: {e.what} raised vector {e.vector}"
         result.console = m.uart.text()
         return None
-    applied = {w.field: w.value for w in setup.writes if w.step == 17}
-    result.edits = [(name, op, value, applied.get(name, cpu.vmread(name))) for name, op, value in edits]
+    applied = [w.value for w in setup.writes if w.step == 17]          # one VMWRITE per edit, in order
+    result.edits = [(name, op, value, written) for (name, op, value), written in zip(edits, applied)]
     result.check = check(cpu.vmx.current_vmcs, profile,
                          memory=lambda a, n: m.mem.read(a, n) if m.mem.contains(a, n) else None,
                          all=True, vmcs_pointer=cpu.vmx.current)

@@ -19,8 +19,8 @@ def _field_hex(name: str, value: int) -> str:
 
 
 def _edit_line(name: str, op: str, value: int, result: int) -> str:
-    sym = {"set": "=", "or": "|=", "andnot": "&= ~"}[op]
-    return f"{name} {sym} {value:#x}  ->  {_field_hex(name, result)}"
+    sym = {"set": "= ", "or": "|= ", "andnot": "&= ~"}[op]
+    return f"{name} {sym}{value:#x}  ->  {_field_hex(name, result)}"
 
 
 def text(r: RunResult, trace: bool = False) -> str:

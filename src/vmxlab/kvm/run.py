@@ -296,7 +296,7 @@ class _KvmRun:
         self.controls = _Controls(self.vmcs, lambda a, n: mem.read(a, n) if mem.contains(a, n) else bytes(n),
                                   HOST_HANDLER)
         self.io = s.m.io
-        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
         self.virtualized = True
         self.km: KvmMachine | None = None
 
@@ -350,6 +350,7 @@ class _KvmRun:
     def run(self) -> None:
         r = self.r
         t0 = time.perf_counter()
+        self.deadline = time.monotonic() + self.timeout
         try:
             while not r.outcome:
                 left = self.deadline - time.monotonic()
