@@ -125,3 +125,17 @@ def test_undefined_opcode_is_ud_on_both_backends():
     sim, kvm = _both(b"\x3f")
     assert sim.outcome == kvm.outcome == "crashed" and "#UD" in kvm.detail
     assert kvm.console == sim.console and f"vector 0x6 rip {IMG.FLAT_BASE:#x}" in kvm.console
+
+
+@needs_kvm
+def test_kvm_machine_single_msrs_and_cpuid_table():
+    from kvm_guest import long_mode_machine
+    from vmxlab.kvm.run import cpuid_table
+    with long_mode_machine("mov eax, 0x40000000; cpuid; hlt") as m:
+        m.set_cpuid(cpuid_table(True))
+        assert m.write_msr(0x174, 0x10) and m.read_msr(0x174) == 0x10       # IA32_SYSENTER_CS
+        assert m.read_msr(0x4B564D99) is None and not m.write_msr(0x4B564D99, 1)
+        assert m.run().name == "HLT"
+        st = m.get_state()
+        assert b"".join(st[r].to_bytes(4, "little") for r in ("RBX", "RCX", "RDX")) == b"vmxlab\0\0\0\0\0\0"
+        assert st["RAX"] == 0x40000000
