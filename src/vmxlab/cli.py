@@ -212,6 +212,52 @@ def _cmd_demo(args) -> int:
     return 0 if r.outcome.startswith("devirtualized") else 1
 
 
+def _cmd_run(args) -> int:
+    import json
+    from .hypervisor import image, runreport
+    from .hypervisor.run import parse_edit, run_image
+    if (args.image is None) == (args.builtin is None):
+        raise BadInput("run needs an IMAGE file or --builtin NAME (one of them)")
+    img = image.builtin(args.builtin) if args.builtin else image.read(args.image)
+    edits = [parse_edit(op, text) for op, text in args.edits or ()]
+    r = run_image(img, backend=args.backend, cpu_profile=args.cpu, edits=edits, trace=args.trace,
+                  max_exits=args.max_exits, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(runreport.document(r), indent=2))
+    else:
+        print(runreport.text(r, trace=args.trace), end="")
+    return 0 if r.ok else 1
+
+
+class _Edit(argparse.Action):
+    """--set/--or/--andnot FIELD=VALUE, kept in command-line order."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        edits = list(getattr(namespace, self.dest) or ())
+        edits.append((option_string.lstrip("-"), values))
+        setattr(namespace, self.dest, edits)
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""), 0)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _read_input(path: str) -> tuple[str, str]:
     if path == "-":
         try:
@@ -294,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu", metavar="PROFILE", help="capability profile (name or JSON file)")
     t.add_argument("--mode", choices=("long", "compat", "protected", "unrestricted-real"), default="long")
     t.set_defaults(func=_cmd_template)
+
+    r = sub.add_parser("run", help="a guest image (flat 64-bit binary or ELF64) under the Python hypervisor",
+                       description="Run IMAGE as the built-in kernel's workload, virtualized by the seed's "
+                       "hypervisor (docs/run.md: load address, ELF rules, outcomes, JSON).")
+    r.add_argument("image", nargs="?", metavar="IMAGE", help="flat binary (loaded at 0x1000000) or ELF64 executable")
+    r.add_argument("--builtin", metavar="NAME", help="a built-in image instead of a file (hello, bluepill)")
+    r.add_argument("--backend", choices=("sim", "kvm"), default="sim",
+                   help="sim: the simulated processor (default); kvm: /dev/kvm after VM entry")
+    r.add_argument("--cpu", metavar="PROFILE", help="capability profile (name or JSON file)")
+    r.add_argument("--trace", action="store_true", help="every VM exit as a kvm_exit line")
+    r.add_argument("--json", action="store_true", help="one JSON document (vmxlab-run/1)")
+    for op, meta, what in (("set", "FIELD=VALUE", "write VALUE into FIELD"), ("or", "FIELD=BITS", "set BITS in FIELD"),
+                           ("andnot", "FIELD=BITS", "clear BITS in FIELD")):
+        r.add_argument(f"--{op}", dest="edits", action=_Edit, metavar=meta,
+                       help=f"{what} (a VMCS field) after the hypervisor's setup, before VMLAUNCH; repeatable, "
+                       "applied in order")
+    r.add_argument("--max-exits", type=_count, default=100_000, metavar="N",
+                   help="stop the run at the VM exit after N handled ones (default 100000)")
+    r.add_argument("--timeout", type=_seconds, default=30.0, metavar="S",
+                   help="stop the virtualized run after S seconds (default 30)")
+    r.set_defaults(func=_cmd_run)
 
     ru = sub.add_parser("rules", help="the catalogue of VM-entry check rules (id, SDM section, outcome)")
     ru.set_defaults(func=_cmd_rules)

@@ -291,3 +291,16 @@ INSTRUCTION_INFO: dict[int, Layout] = {
     19: INFO_VMX_MEM, 21: INFO_VMX_MEM, 22: INFO_VMX_MEM, 27: INFO_VMX_MEM, 63: INFO_VMX_MEM, 64: INFO_VMX_MEM,
     23: INFO_VMREAD_VMWRITE, 25: INFO_VMREAD_VMWRITE,
 }
+
+
+# ---- VMX aborts (SDM Vol. 3C "VMX Aborts"): the indicator written at byte 4 of the
+# VMCS region when a VM exit cannot complete; the processor then enters shutdown
+VMX_ABORT_INDICATORS: dict[int, str] = {
+    1: "there was a failure in saving guest MSRs",
+    2: "host checking of the page-directory-pointer-table entries failed",
+    3: "the current VMCS has been corrupted and the VM exit cannot complete",
+    4: "there was a failure on loading host MSRs",
+    5: "there was a machine-check event during the VM exit",
+    6: "the logical processor was in IA-32e mode before the VM exit and the \"host address-space size\" "
+       "VM-exit control was 0",
+}

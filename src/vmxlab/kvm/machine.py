@@ -216,6 +216,30 @@ class KvmMachine:
             c.entries[i] = e
         self._vcpu(abi.KVM_SET_CPUID2, c, "KVM_SET_CPUID2")
 
+    def set_cpuid(self, entries) -> None:
+        """The vCPU's CPUID table (kvm_cpuid_entry2 structures, e.g. edited copies of
+        Kvm.supported_cpuid()), before the first run(): KVM refuses changes after
+        KVM_RUN (KvmError).  KVM forces some feature bits on (../shared/notes/kvm.md)."""
+        self._set_cpuid(entries)
+
+    # ---- single MSRs -----------------------------------------------------------------
+    def read_msr(self, index: int) -> int | None:
+        """The vCPU's MSR `index` (KVM_GET_MSRS), or None when KVM does not have it."""
+        m = abi.msrs(1)
+        m.entries[0].index = index
+        return m.entries[0].data if self._vcpu(abi.KVM_GET_MSRS, m, "KVM_GET_MSRS") == 1 else None
+
+    def write_msr(self, index: int, value: int) -> bool:
+        """Set MSR `index` (KVM_SET_MSRS, after KVM finishes a pending exiting
+        instruction); False when KVM refuses the index or the value."""
+        self._settle()
+        self._serial += 1
+        self._completion = None
+        self._fresh = False
+        m = abi.msrs(1)
+        m.entries[0].index, m.entries[0].data = index, value
+        return self._vcpu(abi.KVM_SET_MSRS, m, "KVM_SET_MSRS") == 1
+
     # ---- memory ----------------------------------------------------------------------
     def add_memory(self, gpa: int, size: int, *, readonly: bool = False) -> int:
         """Back guest-physical [gpa, gpa+size) with fresh zeroed host memory (a KVM
