@@ -8,17 +8,21 @@ from vmxlab.arch import controls as C
 from vmxlab.arch import events as EV
 from vmxlab.arch import exits as X
 from vmxlab.machine import registers as REG
-from vhelpers import GUEST, HSTACK, Bench
+from vhelpers import DATA, GUEST, HSTACK, Bench
+from vmxlab.machine import StopReason
 
 P2 = C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS
 VPID = C.SECONDARY_EXEC_ENABLE_VPID
 
 
-def run_guest(source, cpu=0, sec=0, pin=0, fields=None, advance=True, budget=5):
+def run_guest(source, cpu=0, sec=0, pin=0, fields=None, advance=True, budget=5, once=False):
+    """Run `source` as the guest; every exit is recorded and resumed (`once`: the
+    first exit is recorded and the run stops there)."""
     b = Bench()
     controls = {"CPU_BASED_VM_EXEC_CONTROL": P2 | cpu, "SECONDARY_VM_EXEC_CONTROL": sec,
                 "PIN_BASED_VM_EXEC_CONTROL": pin}
-    b.start(source, controls=controls, host=b.record_and_resume(advance), fields=fields)
+    host = (lambda c: (b.exits.append(c.exit), c.stop("first exit recorded"))) if once else b.record_and_resume(advance)
+    b.start(source, controls=controls, host=host, fields=fields)
     stop = b.cpu.run(time_budget=budget)
     return b, stop
 
@@ -60,7 +64,7 @@ SIMPLE = [
 
 @pytest.mark.parametrize("source,cpu,sec,reason,qual,length", SIMPLE, ids=[s[3] for s in SIMPLE])
 def test_instruction_exits(source, cpu, sec, reason, qual, length):
-    b, _ = run_guest(source + "\nhlt", cpu=cpu, sec=sec)
+    b, _ = run_guest(source + "\nhlt", cpu=cpu, sec=sec, once=True)
     e = b.exits[0]
     assert (e.basic, e.qualification, e.instruction_length) == (reason, qual, length)
     assert e.guest_rip == b.guest.labels["at"]           # RIP of the exiting instruction
@@ -154,7 +158,7 @@ def test_rdtsc_with_tsc_offsetting_runs_natively_with_the_offset():
 
 
 def test_rdtscp_without_enable_rdtscp_is_ud():
-    b, _ = run_guest("rdtscp\nhlt", fields={"EXCEPTION_BITMAP": 1 << EV.UD})
+    b, _ = run_guest("rdtscp\nhlt", fields={"EXCEPTION_BITMAP": 1 << EV.UD}, once=True)
     e = b.exits[0]
     assert e.basic == X.EXCEPTION_NMI and e.intr_info == 0x80000306
 
@@ -194,9 +198,8 @@ def test_page_fault_exit_qualification_is_the_address_and_cr2_unchanged():
     b = Bench()
     b.env.set_pte(0x61, 0)                                                  # 0x61000 not present
     b.start("mov rax, 0x61008\nmov rbx, [rax]\nhlt", controls={"CPU_BASED_VM_EXEC_CONTROL": P2},
-            host=b.record_and_resume(advance=False), fields={"EXCEPTION_BITMAP": 1 << EV.PF})
-    b.cpu.stop = b.cpu.stop
-    stop = b.cpu.run(time_budget=2, )
+            host=lambda c: (b.exits.append(c.exit), c.stop("recorded")), fields={"EXCEPTION_BITMAP": 1 << EV.PF})
+    b.cpu.run(time_budget=2)
     e = b.exits[0]
     # hardware exception (3), vector 14, error code valid; error code 0 (not present, read, supervisor)
     assert (e.basic, e.intr_info, e.intr_error_code, e.qualification) == (X.EXCEPTION_NMI, 0x80000B0E, 0, 0x61008)
@@ -209,7 +212,7 @@ def test_page_fault_error_code_mask_and_match():
     b = Bench()
     b.env.set_pte(0x61, 0)
     b.start("mov rax, 0x61008\nmov rbx, [rax]\nhlt", controls={"CPU_BASED_VM_EXEC_CONTROL": P2},
-            host=b.record_and_resume(advance=False),
+            host=lambda c: (b.exits.append(c.exit), c.stop("recorded")),
             fields={"PAGE_FAULT_ERROR_CODE_MASK": 1, "PAGE_FAULT_ERROR_CODE_MATCH": 1})
     b.cpu.run(time_budget=2)
     assert b.exits and b.exits[0].basic == X.EXCEPTION_NMI
@@ -219,7 +222,7 @@ def test_preemption_timer_value_zero_exits_before_the_first_instruction():
     if not Bench().m.profile.can_set("PIN_BASED_VMX_PREEMPTION_TIMER"):
         pytest.skip("no VMX-preemption timer")
     b, _ = run_guest("mov eax, 1\nhlt", pin=C.PIN_BASED_VMX_PREEMPTION_TIMER,
-                     fields={"VMX_PREEMPTION_TIMER_VALUE": 0}, advance=False)
+                     fields={"VMX_PREEMPTION_TIMER_VALUE": 0}, once=True)
     assert b.exits[0].basic == X.PREEMPTION_TIMER and b.exits[0].guest_rip == GUEST
 
 
@@ -249,7 +252,7 @@ def test_external_interrupt_exiting_with_acknowledge():
 
 
 def test_triple_fault_exits():
-    b, _ = run_guest("mov rsp, 0x1\nud2", advance=False)
+    b, _ = run_guest("mov rsp, 0x1\nud2", once=True)
     # #UD: IDT gate not present -> #GP -> #DF -> triple fault
     assert b.exits[0].basic == X.TRIPLE_FAULT
 
@@ -374,3 +377,17 @@ def test_injected_software_interrupt_returns_after_instruction_length():
                     "VM_ENTRY_INSTRUCTION_LEN": 2})
     b.cpu.run(time_budget=5)
     assert gpr(b, "R10") == GUEST + 2                           # the pushed return address
+
+
+def test_entry_in_wait_for_sipi_runs_no_guest_instruction():
+    """VM entry with activity state 3 (wait-for-SIPI, allowed by IA32_VMX_MISC bit 8
+    on this profile): the logical processor is in wait-for-SIPI, which only a SIPI
+    ends (SDM Vol. 3C "Guest Non-Register State", "Activity State"); on a machine
+    with one processor none comes, so the guest never executes."""
+    b = Bench()
+    assert b.m.profile.misc >> 8 & 1
+    b.start(f"mov rax, {DATA}\nmov qword ptr [rax], 1\nhlt", host=b.record_and_resume(),
+            fields={"GUEST_ACTIVITY_STATE": 3})
+    stop = b.cpu.run(time_budget=5)
+    assert stop.reason == StopReason.HALTED and "wait-for-SIPI" in stop.detail
+    assert b.m.mem.read64(DATA) == 0 and b.exits == []

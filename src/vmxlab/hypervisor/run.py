@@ -48,7 +48,7 @@ DEFAULT_TIMEOUT = 30.0
 BACKENDS = ("sim", "kvm")
 
 OUTCOMES = {
-    "halted": "the guest halted: HLT with nothing that can wake the processor, or a HLT exit",
+    "halted": "the guest halted: HLT (or wait-for-SIPI) with nothing that can wake the processor, or a HLT exit",
     "devirtualized": "the guest made the unload hypercall (VMCALL RAX=0x564D5802), the hypervisor left "
                      "with VMXOFF and the guest finished natively",
     "shutdown": "triple fault: a TRIPLE_FAULT exit (reason 2), or shutdown after devirtualization",
@@ -328,7 +328,7 @@ def _classify_sim(s: Session, stop) -> None:
             r.outcome, r.detail = "stopped", h.report
     elif stop.reason == StopReason.HALTED:
         r.outcome = "devirtualized" if h.devirtualized else "halted"
-        r.detail = f"HLT with nothing that can wake the processor; RIP {stop.rip:#x}"
+        r.detail = f"{stop.detail or 'HLT with nothing that can wake the processor'}; RIP {stop.rip:#x}"
     elif stop.reason == StopReason.SHUTDOWN:
         r.outcome, r.detail = "shutdown", vmx_abort(s) or f"triple fault at {stop.rip:#x}"
     else:

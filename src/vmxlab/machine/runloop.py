@@ -168,6 +168,10 @@ class RunControl:
                     return stop
                 if self.activity == EV.ACTIVITY_SHUTDOWN:
                     return Stop(StopReason.SHUTDOWN, self.rip, detail="processor in shutdown")
+                if self.activity == EV.ACTIVITY_WAIT_SIPI:
+                    # only a SIPI leaves wait-for-SIPI ("Wait-for-SIPI" activity state, SDM Vol. 3C
+                    # "Guest Non-Register State"): one processor, nothing sends one
+                    return Stop(StopReason.HALTED, self.rip, detail="wait-for-SIPI, and no other processor sends a SIPI")
                 if self.activity == EV.ACTIVITY_HLT:
                     stop = self._halted(host_deadline)
                     if stop is not None:
