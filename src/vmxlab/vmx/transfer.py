@@ -34,6 +34,12 @@ CR0_KEEP_ON_EXIT = CR0_KEEP | (0xFFFFFFFF << 32)
 _SEG_ENC = {s: tuple(F.by_name(f"GUEST_{s}_{p}").encoding for p in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES"))
             for s in SEGMENTS}
 _AR_SAVE_MASK = 0xF0FF   # bits 7:0 and 15:12 (the rest cleared, bit 16 = unusable)
+# (snapshot keys, VMCS encodings) of each segment: selector, base, limit, access rights
+_SEG_KEYS = tuple((tuple(f"GUEST_{s}_{p}" for p in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES")), _SEG_ENC[s])
+                  for s in SEGMENTS)
+_HOST_SEG = tuple((seg, F.by_name(f"HOST_{seg}_SELECTOR").encoding,
+                   tuple(f"GUEST_{seg}_{p}" for p in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES")))
+                  for seg in ("ES", "CS", "SS", "DS", "FS", "GS", "TR"))
 
 # Guest-state fields copied to and from the snapshot unchanged (the snapshot keys
 # are the field names).
@@ -68,12 +74,11 @@ def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
         g["GUEST_IA32_EFER"] = efer
     if entry & C.VM_ENTRY_LOAD_IA32_PAT:
         g["GUEST_IA32_PAT"] = v.get(F.GUEST_IA32_PAT, 0)
-    for seg in SEGMENTS:
-        sel, base, limit, ar = _SEG_ENC[seg]
-        g[f"GUEST_{seg}_SELECTOR"] = v.get(sel, 0)
-        g[f"GUEST_{seg}_BASE"] = v.get(base, 0)
-        g[f"GUEST_{seg}_LIMIT"] = v.get(limit, 0)
-        g[f"GUEST_{seg}_AR_BYTES"] = v.get(ar, 0) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
+    for (ksel, kbase, klimit, kar), (sel, base, limit, ar) in _SEG_KEYS:
+        g[ksel] = v.get(sel, 0)
+        g[kbase] = v.get(base, 0)
+        g[klimit] = v.get(limit, 0)
+        g[kar] = v.get(ar, 0) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
     return g
 
 
@@ -97,13 +102,11 @@ def save_guest(state: dict[str, int], v: dict[int, int], exit_controls: int,
         v[F.GUEST_IA32_PAT] = state.get("GUEST_IA32_PAT", 0)
     if exit_controls & C.VM_EXIT_SAVE_IA32_EFER:
         v[F.GUEST_IA32_EFER] = state.get("GUEST_IA32_EFER", 0)
-    for seg in SEGMENTS:
-        sel, base, limit, ar = _SEG_ENC[seg]
-        a = state.get(f"GUEST_{seg}_AR_BYTES", S.AR_UNUSABLE)
-        v[sel] = state.get(f"GUEST_{seg}_SELECTOR", 0)
-        v[base] = state.get(f"GUEST_{seg}_BASE", 0)
-        v[limit] = state.get(f"GUEST_{seg}_LIMIT", 0)
-        v[ar] = a & (_AR_SAVE_MASK | S.AR_UNUSABLE)
+    for (ksel, kbase, klimit, kar), (sel, base, limit, ar) in _SEG_KEYS:
+        v[sel] = state.get(ksel, 0)
+        v[base] = state.get(kbase, 0)
+        v[limit] = state.get(klimit, 0)
+        v[ar] = state.get(kar, S.AR_UNUSABLE) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
     if store_lma:
         entry = v.get(F.VM_ENTRY_CONTROLS, 0) & ~C.VM_ENTRY_IA32E_MODE
         if state.get("GUEST_IA32_EFER", 0) & M.EFER_LMA:
@@ -144,19 +147,19 @@ def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict
         h["GUEST_IA32_EFER"] = efer | ((M.EFER_LMA | M.EFER_LME) if long_mode else 0)
     if exit_ctl & C.VM_EXIT_LOAD_IA32_PAT:
         h["GUEST_IA32_PAT"] = v.get(F.HOST_IA32_PAT, 0)
-    for seg in ("ES", "CS", "SS", "DS", "FS", "GS", "TR"):
-        sel = v.get(F.by_name(f"HOST_{seg}_SELECTOR").encoding, 0)
-        h[f"GUEST_{seg}_SELECTOR"] = sel
+    for seg, enc, (ksel, kbase, klimit, kar) in _HOST_SEG:
+        sel = v.get(enc, 0)
+        h[ksel] = sel
         if seg == "TR":
-            h["GUEST_TR_BASE"], h["GUEST_TR_LIMIT"] = v.get(F.HOST_TR_BASE, 0), 0x67
-            h["GUEST_TR_AR_BYTES"] = S.TYPE_TSS_BUSY | S.AR_P       # busy TSS, S = 0, DPL 0, P
+            h[kbase], h[klimit] = v.get(F.HOST_TR_BASE, 0), 0x67
+            h[kar] = S.TYPE_TSS_BUSY | S.AR_P                  # busy TSS, S = 0, DPL 0, P
             continue
-        h[f"GUEST_{seg}_AR_BYTES"] = host_segment_ar(sel, seg == "CS", long_mode)
-        h[f"GUEST_{seg}_LIMIT"] = 0xFFFFFFFF
+        h[kar] = host_segment_ar(sel, seg == "CS", long_mode)
+        h[klimit] = 0xFFFFFFFF
         if seg in ("FS", "GS"):
-            h[f"GUEST_{seg}_BASE"] = v.get(F.HOST_FS_BASE if seg == "FS" else F.HOST_GS_BASE, 0)
+            h[kbase] = v.get(F.HOST_FS_BASE if seg == "FS" else F.HOST_GS_BASE, 0)
         else:
-            h[f"GUEST_{seg}_BASE"] = 0
+            h[kbase] = 0
     h["GUEST_LDTR_SELECTOR"], h["GUEST_LDTR_BASE"], h["GUEST_LDTR_LIMIT"] = 0, 0, 0
     h["GUEST_LDTR_AR_BYTES"] = S.AR_UNUSABLE
     h["GUEST_GDTR_BASE"], h["GUEST_GDTR_LIMIT"] = v.get(F.HOST_GDTR_BASE, 0), 0xFFFF
