@@ -26,6 +26,8 @@ machine's software TLB, tagged by translation context, is kept.
 """
 from __future__ import annotations
 
+import operator
+
 from ..arch import events as EV
 from ..arch import msrs as M
 from ..arch import registers as AR
@@ -46,6 +48,7 @@ _KEYSET = frozenset(KEYS)
 _M64 = (1 << 64) - 1
 _GPR_KEYS = tuple({"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLAGS"}.get(n, n)
                   for n in REG.GPRS_NAMES)
+_GPR_GET = operator.itemgetter(*_GPR_KEYS)
 _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
 _SEG_KEYS = tuple((_SLOT[seg], f"GUEST_{seg}_SELECTOR", f"GUEST_{seg}_BASE", f"GUEST_{seg}_LIMIT",
                    f"GUEST_{seg}_AR_BYTES") for seg in SEGMENTS)
@@ -114,8 +117,8 @@ class StateAccess:
         themselves make: RFLAGS bit 1 reads 1, DR6/DR7 fixed bits.  Cached
         translations are not invalidated (call flush_tlb() for that), except
         unicorn's own TLB, which has no address-space tags."""
-        unknown = [k for k in s if k not in _KEYSET]
-        if unknown:
+        if not _KEYSET.issuperset(s):
+            unknown = [k for k in s if k not in _KEYSET]
             raise KeyError(f"not processor-state keys: {', '.join(sorted(unknown)[:5])}")
         if len(s) != len(_KEYSET):
             full = self.get_state()
@@ -148,8 +151,7 @@ class StateAccess:
         c[REG.DR7] = (s["GUEST_DR7"] | 0x400) & ~0xD000
         self.ctrl.write()
         g = self.gprs.values
-        for i, key in enumerate(_GPR_KEYS):
-            g[i] = s[key]
+        g[:len(_GPR_KEYS)] = _GPR_GET(s)
         g[REG.RFLAGS] |= 2
         self.gprs.write()
         io.batch.write([s[k] for k in io.uc_keys])
