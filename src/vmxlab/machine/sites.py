@@ -128,7 +128,14 @@ class SiteRegistry:
         if self.vpages.get(vpage) == hpa and self.results.get(vpage) is result:
             return
         self._unhook_vpage(vpage)
-        addrs = []
+        # recorded before hooking: adding a code hook can make unicorn look the page
+        # up again (a TLB fill, so a nested on_fetch), which must then find the page
+        # done instead of hooking every site a second time (a site hooked twice
+        # runs its inline emulation twice)
+        addrs: list[int] = []
+        self.vpages[vpage] = hpa
+        self.by_vpage[vpage] = addrs
+        self.results[vpage] = result
         for off, kind, raw in result:
             addr = vpage + off
             old = self.sites.get(addr)
@@ -136,12 +143,9 @@ class SiteRegistry:
                 self._unhook(addr)
             insn = I.Decoder(bitness, raw, ip=addr).decode()
             site = Site(addr, kind, insn, raw, hpa + off)
-            self._hook(addr)
             self.sites[addr] = site
             addrs.append(addr)
-        self.vpages[vpage] = hpa
-        self.by_vpage[vpage] = addrs
-        self.results[vpage] = result
+            self._hook(addr)
 
     def _unhook(self, addr: int) -> None:
         site = self.sites.pop(addr, None)
