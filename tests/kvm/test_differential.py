@@ -77,10 +77,12 @@ def test_generated_programs_assemble_and_run_to_their_end_on_the_simulator(sim):
             if fault is None:
                 assert how in ("end", "#DE"), (p.name, how)
                 assert how == "end" or "idiv" in p.source()
+            elif fault == "privileged":                   # CPL0-only instruction at CPL3
+                assert how == "#GP", (p.name, how)
             seen.add(how)
             seen.update(u.cls for u in p.units)
             seen.add(p.entry)
-    assert {"arith", "mem", "stack", "branch", "io", "fault"} <= seen
+    assert {"arith", "mem", "stack", "branch", "io", "fault", "system"} <= seen
     assert {"end", "#PF", "#GP", "#DE", "#UD", "triple fault"} <= seen
     assert {"direct", "iretq", "sysret"} <= seen
 

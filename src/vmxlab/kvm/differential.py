@@ -56,7 +56,10 @@ COMPARED_PAGES = (DATA, USER_STACK_PAGE) + KERNEL_STACK_PAGES
 CODE_LIMIT = 0x8000                                        # code may fill [CODE, CODE + CODE_LIMIT)
 MAX_EXITS = 400
 GPRS = ("RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")
-COMPARED_KEYS = ("GUEST_RIP", "GUEST_RFLAGS", "CR2", "GUEST_RSP") + GPRS + ("GUEST_CS_SELECTOR", "GUEST_SS_SELECTOR")
+COMPARED_KEYS = (("GUEST_RIP", "GUEST_RFLAGS", "CR2", "GUEST_RSP") + GPRS
+                 + ("GUEST_CS_SELECTOR", "GUEST_SS_SELECTOR", "GUEST_CR0", "GUEST_CR3", "GUEST_CR4",
+                    "GUEST_GS_BASE", "KERNEL_GS_BASE"))
+KERNEL_GS = DATA + 0x800                 # KERNEL_GS_BASE at the start: SWAPGS points GS into the data page
 IO_PORTS = tuple(progen.IO_PORTS) + (progen.END_PORT, flat.REPORT_PORT)
 RFLAGS_RF = 1 << 16
 VERDICTS = ("agree", "quirk", "diverge")
@@ -102,7 +105,7 @@ def initial_state(prog: Program) -> dict:
                     rflags=prog.regs["GUEST_RFLAGS"] if direct else 0x2)
     st.update({k: v for k, v in prog.regs.items() if k != "GUEST_RFLAGS"})
     st.update({"CR2": 0, "GUEST_ACTIVITY_STATE": 0, "GUEST_INTERRUPTIBILITY_INFO": 0, "STAR": STAR,
-               "LSTAR": 0, "FMASK": 0})
+               "LSTAR": 0, "FMASK": 0, "KERNEL_GS_BASE": KERNEL_GS})
     return st
 
 

@@ -21,6 +21,9 @@ terminates, which is what the shrinker relies on.  Unit classes (CLASSES):
   fault   #PF (not-present, read-only, supervisor page), #GP (non-canonical address),
           #DE, #UD; at CPL0 also a #PF on the stack that escalates to a triple fault
   io      OUT/IN with immediate and DX ports, REP OUTSB/INSB with a small count
+  system  CPL0: MOV to/from CRs, CR0.WP cleared around a write, RDMSR/WRMSR, SWAPGS,
+          CLI/STI, INVLPG; both: SGDT/SIDT/SLDT/STR/SMSW; CPL3 faults also include
+          privileged instructions (#GP)
 
 A CPL3 program starts there directly, or at CPL0 with a prologue that enters
 CPL3 through IRETQ or SYSRET (prologue()).  Every program ends with END: `out
@@ -66,7 +69,7 @@ _R32 = {"rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx", "rsi": "esi", "r
 _R16 = {"rax": "ax", "rbx": "bx", "rcx": "cx", "rdx": "dx", "rsi": "si", "rdi": "di", "rbp": "bp"}
 _R8 = {"rax": "al", "rbx": "bl", "rcx": "cl", "rdx": "dl", "rsi": "sil", "rdi": "dil", "rbp": "bpl"}
 _PTR = {8: "byte", 16: "word", 32: "dword", 64: "qword"}
-CLASSES = ("arith", "mem", "stack", "branch", "fault", "io")
+CLASSES = ("arith", "mem", "stack", "branch", "fault", "io", "system")
 
 # Jcc/SETcc/CMOVcc condition -> flags it reads (SDM Vol. 2 "Jcc", Table "Jcc").
 CONDITIONS = {"o": OF, "no": OF, "b": CF, "ae": CF, "e": ZF, "ne": ZF, "be": CF | ZF, "a": CF | ZF,
@@ -154,7 +157,8 @@ class Program:
 
 def end_insns(cpl: int) -> tuple[Insn, ...]:
     """`out END_PORT, eax; hlt`: at CPL3 the HLT raises #GP(0) (SDM "HLT": privileged
-    instruction), whose handler reports vector 13 and halts."""
+    instruction), whose handler reports vector 13 and halts.  (Not SYSCALL: on PVM
+    hosts it does not leave CPL3, docs/differential.md.)"""
     return (Insn(f"out {END_PORT:#x}, eax"), Insn("hlt"))
 
 
@@ -401,8 +405,13 @@ class _Gen:
             if op == "sahf":
                 return self.unit("arith", [Insn("sahf", defines=SF | ZF | AF | PF | CF)])
             if op == "pushf":
-                return self.unit("arith", [self.flags_setter(), Insn("pushfq", reads=ARITH | DF),
-                                           Insn(f"pop {self.gpr()}")])
+                if r.random() < 0.5:
+                    return self.unit("arith", [self.flags_setter(), Insn("pushfq", reads=ARITH | DF),
+                                               Insn(f"pop {self.gpr()}")])
+                # POPF of an image with arithmetic flags, DF and IF at random: at CPL3 with
+                # IOPL 0, IF keeps its value (SDM Vol. 2 "POPF"); IOPL, AC, TF, NT stay 0
+                image = 0x2 | sum(f for f in (CF, PF, AF, ZF, SF, OF, DF, IF) if r.random() < 0.5)
+                return self.unit("arith", [Insn(f"push {image:#x}"), Insn("popfq", defines=ARITH | DF)])
             return self.unit("arith", [Insn(f"mov {ra}, {rb}")])
         # SHLD/SHRD: 32/64-bit only (16-bit counts above 16 leave the result undefined)
         op = r.choice(("shld", "shrd"))
@@ -547,7 +556,7 @@ class _Gen:
         v = self.gpr((base,))
         kinds = ["absent", "unmapped", "readonly", "noncanonical", "de", "ud"]
         if self.cpl == 3:
-            kinds.append("supervisor")
+            kinds += ["supervisor", "privileged"]
         else:
             kinds.append("stack")
         kind = r.choice(kinds)
@@ -565,9 +574,65 @@ class _Gen:
                                        Insn(f"div {reg(d, r.choice((64, 32, 8)))}", undefined=ARITH)], fault="de")
         if kind == "ud":
             return self.unit("fault", [Insn("ud2")], fault="ud")
+        if kind == "privileged":
+            # CPL0-only instructions at CPL3: #GP(0) (SDM Vol. 3A "Privileged Instructions";
+            # CLI with IOPL < CPL, SWAPGS, RDMSR, ...)
+            op = r.choice((f"mov {base}, cr0", f"mov cr2, {base}", "rdmsr", "wrmsr", "cli", "sti", "swapgs",
+                           f"invlpg [{base}]", "clts", "wbinvd", f"mov {base}, dr7"))
+            return self.unit("fault", [Insn("mov ecx, 0xc0000080"), Insn(op)], fault="privileged")
         # CPL0: a push to a not-present stack: #PF, whose delivery on the same stack
         # faults again (#DF), and again: triple fault (SDM "Interrupt 8-Double Fault Exception")
         return self.unit("fault", [Insn(f"mov rsp, {ALIAS_ABSENT + 0x800:#x}"), Insn(f"push {v}")], fault="stack")
+
+    def system(self) -> Unit:
+        """System instructions.  CPL0: MOV from CR0/CR2/CR3/CR4, MOV to CR2, CR3
+        reloaded, CR0.WP cleared around a write to the read-only alias page (SDM Vol.
+        3A "Paging", supervisor writes with CR0.WP = 0), RDMSR of EFER/STAR/LSTAR/
+        FMASK/KERNEL_GS_BASE, WRMSR of KERNEL_GS_BASE, SWAPGS around a GS-relative
+        load, CLI/STI, INVLPG, and the stores below.  Both CPLs: SGDT, SIDT, SLDT,
+        STR, SMSW (not privileged with CR4.UMIP = 0, SDM Vol. 2 "SGDT")."""
+        r = self.r
+        a, b = self.gpr(), self.gpr()
+        k = r.random()
+        if k < 0.35 or self.cpl == 3:
+            op = r.choice(("sgdt", "sidt", "sldt", "str", "smsw"))
+            base = self.gpr()
+            pre = [Insn(f"mov {base}, {DATA + r.randrange(0, 0xFF0):#x}")]
+            if op in ("sgdt", "sidt"):
+                return self.unit("system", pre + [Insn(f"{op} [{base}]")])
+            if r.random() < 0.5:
+                return self.unit("system", pre + [Insn(f"{op} word ptr [{base}]")])
+            return self.unit("system", [Insn(f"{op} {reg(a, r.choice((16, 32, 64)))}")])
+        if k < 0.5:
+            cr = r.choice((0, 2, 3, 4))
+            return self.unit("system", [Insn(f"mov {a}, cr{cr}")])
+        if k < 0.58:
+            return self.unit("system", [Insn(f"mov {a}, {self.value():#x}"), Insn(f"mov cr2, {a}")])
+        if k < 0.63:
+            return self.unit("system", [Insn(f"mov {a}, cr3"), Insn(f"mov cr3, {a}")])
+        if k < 0.7:
+            t = self.gpr((a,))
+            return self.unit("system", [Insn(f"mov {a}, cr0"), Insn(f"and {reg(a, 32)}, 0xfffeffff",
+                                                                     defines=ARITH & ~AF, undefined=AF),
+                                        Insn(f"mov cr0, {a}"), Insn(f"mov {t}, {ALIAS_RO + r.randrange(0, 0xFF8):#x}"),
+                                        Insn(f"mov qword ptr [{t}], {b if b != t else a}"),
+                                        Insn(f"or {reg(a, 32)}, 0x10000", defines=ARITH & ~AF, undefined=AF),
+                                        Insn(f"mov cr0, {a}")])
+        if k < 0.8:
+            msr = r.choice((0xC0000080, 0xC0000081, 0xC0000082, 0xC0000084, 0xC0000102))
+            return self.unit("system", [Insn(f"mov ecx, {msr:#x}"), Insn("rdmsr")])
+        if k < 0.86:
+            v = DATA + r.randrange(0, 0xF00)
+            return self.unit("system", [Insn("mov ecx, 0xc0000102"), Insn(f"mov eax, {v:#x}"), Insn("xor edx, edx",
+                                        defines=ARITH & ~AF, undefined=AF), Insn("wrmsr")])
+        if k < 0.93:
+            t = self.gpr((a,))
+            return self.unit("system", [Insn("swapgs"), Insn(f"mov {t}, {r.randrange(0, 0x700) & ~7:#x}"),
+                                        Insn(f"mov {a}, qword ptr gs:[{t}]"), Insn("swapgs")])
+        if k < 0.96:
+            return self.unit("system", [Insn("cli"), Insn("sti")] if r.random() < 0.5 else [Insn("cli")])
+        return self.unit("system", [Insn(f"mov {a}, {ALIAS_RW + r.randrange(0, 0x1000):#x}"),
+                                    Insn(f"invlpg [{a}]")])
 
     def io(self) -> Unit:
         r = self.r
@@ -608,7 +673,7 @@ def _shift_flags(op: str, count: int, width: int) -> dict:
     return {"defines": (CF | OF) & ~und, "undefined": und}
 
 
-WEIGHTS = {"arith": 40, "mem": 22, "stack": 12, "branch": 14, "io": 12}
+WEIGHTS = {"arith": 40, "mem": 22, "stack": 12, "branch": 14, "io": 12, "system": 6}
 FAULT_SHARE = 0.35          # programs with one deliberate fault unit, at a random position
 
 
@@ -636,6 +701,8 @@ def generate(seed: int, index: int, cpl: int, *, length: int | None = None) -> P
             u = g.branch(n - i - 1)
         elif cls == "fault":
             u = g.fault()
+        elif cls == "system":
+            u = g.system()
         else:
             u = g.io()
         units.append(u)
