@@ -45,6 +45,7 @@ from ..arch import exits as X
 from ..errors import BadInput
 from . import flat, progen
 from .progen import CODE, DATA, Program
+from .system import KvmError
 
 PAGE = 0x1000
 RAM = flat.RAM
@@ -76,11 +77,6 @@ def _handler(v: int) -> bytes:
     return b"\x50\xb8" + struct.pack("<I", v) + bytes((0xE7, flat.REPORT_PORT, 0x58, 0xF4))
 
 
-def _gate(offset: int, dpl: int) -> bytes:
-    lo = ((offset & 0xFFFF) | (flat.SEL_CODE0 << 16) | ((0x8E | dpl << 5) << 40) | (((offset >> 16) & 0xFFFF) << 48))
-    return struct.pack("<QQ", lo, offset >> 32)
-
-
 def build_env(machine) -> None:
     """The environment of both backends (module doc), through phys_write only."""
     flat.build(machine)
@@ -95,7 +91,9 @@ def build_env(machine) -> None:
     machine.phys_write(flat.PD + 8 * (progen.ALIAS >> 21), struct.pack("<Q", ALIAS_PT | P | RW | US))
 
 
-STAR = (0x10 << 48) | (flat.SEL_CODE0 << 32)       # SYSRET: CS 0x20|3, SS 0x18|3 (flat selectors' bases)
+# SYSRET to 64-bit code loads CS = STAR[63:48] + 16 and SS = STAR[63:48] + 8, RPL 3,
+# with fixed flat attributes (SDM Vol. 2 "SYSRET"): selectors 0x23 and 0x1B here
+STAR = (0x10 << 48) | (flat.SEL_CODE0 << 32)
 
 
 def initial_state(prog: Program) -> dict:
@@ -254,11 +252,21 @@ class KvmBackend(_Backend):
         self._code_len = 0
 
     def run(self, prog: Program, code: bytes | None = None) -> Result:
-        from .exits import HltExit, IoExit, TripleFaultExit
         code = prog.assemble() if code is None else code
         res = Result()
         t0 = time.perf_counter()
         m = self.m
+        try:
+            self._run(m, prog, code, res)
+        except (KvmError, BadInput) as e:       # a failing ioctl is a result to report, not a crash
+            res.exits.append(("KVM_ERROR", f"{type(e).__name__}: {e}"))
+            res.error = str(e)
+            self._fresh()
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _run(self, m, prog: Program, code: bytes, res: Result) -> None:
+        from .exits import HltExit, IoExit, TripleFaultExit
         self.load(m, prog, code)
         m.set_state(initial_state(prog))
         reset = False
@@ -286,8 +294,6 @@ class KvmBackend(_Backend):
         self.finish(m, res)
         if reset:
             self._fresh()
-        res.seconds = time.perf_counter() - t0
-        return res
 
     def close(self) -> None:
         self.m.close()
