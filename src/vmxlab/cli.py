@@ -307,6 +307,18 @@ def _cmd_rules(args) -> int:
     return 0
 
 
+def _cmd_diff(args) -> int:
+    import json
+    from .kvm import differential
+    cpls = differential.parse_cpls(args.cpl)
+    report = differential.run(args.count, args.seed, cpls, shrink_divergences=not args.no_shrink)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(differential.report_text(report))
+    return 0 if report.tally()["diverge"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="vmxlab", description="Intel VT-x (VMX) toolkit: SDM tables, VMCS, "
                  "VM-entry checks, simulated VMX processor.")
@@ -364,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ru = sub.add_parser("rules", help="the catalogue of VM-entry check rules (id, SDM section, outcome)")
     ru.set_defaults(func=_cmd_rules)
+
+    df = sub.add_parser("diff", help="differential runner: generated programs on the simulator and on KVM")
+    df.add_argument("--count", type=_int, default=100, metavar="N", help="programs to run (default 100)")
+    df.add_argument("--seed", type=_int, default=1, metavar="S", help="generator seed (default 1)")
+    df.add_argument("--cpl", default="both", metavar="0|3|both", help="privilege level of the programs "
+                    "(both: alternating; default)")
+    df.add_argument("--json", action="store_true", help="the report as JSON")
+    df.add_argument("--no-shrink", action="store_true", help="report divergences without shrinking them")
+    df.set_defaults(func=_cmd_diff)
 
     dec = sub.add_parser("decode", help="one fact from the tables")
     dsub = dec.add_subparsers(dest="what_kind", required=True, parser_class=_Parser)

@@ -7,7 +7,8 @@ before changing anything (REP string I/O excepted: iterations done before a
 fault stay done, as the SDM specifies for interrupted string instructions).
 Sections: Intel SDM Vol. 2 instruction pages CPUID, RDMSR, WRMSR, RDTSC,
 RDTSCP, IN, OUT, INS/INSB/INSW/INSD, OUTS/OUTSB/OUTSW/OUTSD, "MOV-Move to/from
-Control Registers", MONITOR, MWAIT, RDPMC, INVPCID, XSAVES, XRSTORS, GETSEC;
+Control Registers", MONITOR, MWAIT, RDPMC, INVPCID, XSAVES, XRSTORS, GETSEC,
+CMPXCHG (32-bit operands in 64-bit mode, which unicorn gets wrong);
 Vol. 1 "I/O Permission Bit Map" and Vol. 3A "Protected-Mode I/O".
 
 Instructions unicorn executes correctly (MOV DR, CLTS, LMSW, INVLPG, PAUSE,
@@ -36,7 +37,8 @@ MASK64 = (1 << 64) - 1
 UNICORN_NATIVE = frozenset({Kind.MOV_DR, Kind.CLTS, Kind.LMSW, Kind.INVLPG, Kind.PAUSE, Kind.WBINVD, Kind.INVD,
                             Kind.XSETBV, Kind.RDRAND, Kind.RDSEED, Kind.GDTR_IDTR, Kind.LDTR_TR})
 # Kinds whose Python emulation may run inside a code hook (no segment/mode change).
-INLINE_SAFE = frozenset({Kind.CPUID, Kind.RDMSR, Kind.RDTSC, Kind.RDTSCP, Kind.IO, Kind.MOV_FROM_CR})
+INLINE_SAFE = frozenset({Kind.CPUID, Kind.RDMSR, Kind.RDTSC, Kind.RDTSCP, Kind.IO, Kind.MOV_FROM_CR,
+                         Kind.CMPXCHG})
 
 
 def _gp(reason: str) -> Fault:
@@ -349,6 +351,76 @@ def invpcid(m, insn, rip: int) -> None:
     _finish(m, g, rip, insn)
 
 
+# ---- CMPXCHG with 32-bit operands -------------------------------------------------------------
+_STACK_BASES = frozenset({I.Register.RSP, I.Register.RBP, I.Register.ESP, I.Register.EBP})
+_ARITH = AR.RFLAGS_CF | AR.RFLAGS_PF | AR.RFLAGS_AF | AR.RFLAGS_ZF | AR.RFLAGS_SF | AR.RFLAGS_OF
+
+
+def _sub32_flags(a: int, b: int) -> int:
+    """CF, PF, AF, ZF, SF, OF of the 32-bit subtraction a - b ("CMP", Flags Affected)."""
+    r = (a - b) & 0xFFFFFFFF
+    f = 0
+    if a < b:
+        f |= AR.RFLAGS_CF
+    if not bin(r & 0xFF).count("1") & 1:
+        f |= AR.RFLAGS_PF
+    if (a ^ b ^ r) & 0x10:
+        f |= AR.RFLAGS_AF
+    if r == 0:
+        f |= AR.RFLAGS_ZF
+    if r & 0x80000000:
+        f |= AR.RFLAGS_SF
+    if (a ^ b) & (a ^ r) & 0x80000000:
+        f |= AR.RFLAGS_OF
+    return f
+
+
+def cmpxchg32(m, insn, rip: int) -> None:
+    """CMPXCHG r/m32, r32 (SDM Vol. 2 "CMPXCHG", Operation): TEMP := DEST; flags as
+    CMP EAX, TEMP; equal: DEST := SRC and the accumulator is not written; not equal:
+    EAX := TEMP, DEST := TEMP (the write-back cycle).  A 32-bit register write
+    zero-extends ("General-Purpose Registers in 64-Bit Mode").  Unicorn 2.1.4 writes
+    EAX in both cases, which clears RAX bits 63:32 after a successful comparison;
+    the machine therefore executes this form itself.  LOCK with a register
+    destination is #UD."""
+    reg_dest = insn.op0_kind != _OK.MEMORY
+    if reg_dest and insn.has_lock_prefix:
+        raise _ud("LOCK CMPXCHG with a register destination")
+    g = m.gprs.read()
+    eax = g[REG.RAX] & 0xFFFFFFFF
+    src = OP.gpr_value(m, insn.op1_register, g) & 0xFFFFFFFF
+    if reg_dest:
+        temp = OP.gpr_value(m, insn.op0_register, g) & 0xFFFFFFFF
+        addr = None
+    else:
+        addr = OP.operand_address(m, insn)
+        if OP._bitness(m) == 64 and not AR.canonical(addr, m.linear_bits):
+            vector = EV.SS if insn.memory_base in _STACK_BASES else EV.GP
+            raise Fault(vector, 0, reason=f"CMPXCHG to non-canonical address {addr:#x}")
+        try:
+            m.translate(addr, PG.WRITE)                          # the write cycle happens in both cases
+            if (addr & 0xFFF) > 0xFFC:
+                m.translate((addr + 3) & MASK64, PG.WRITE)
+            temp = int.from_bytes(m.read_linear(addr, 4), "little")
+        except PG.PageFault as pf:
+            raise Fault.from_page_fault(pf) from None
+    flags = _sub32_flags(eax, temp)
+    new = src if eax == temp else temp
+    if addr is not None:
+        try:
+            m.write_linear(addr, new.to_bytes(4, "little"))
+        except PG.PageFault as pf:
+            raise Fault.from_page_fault(pf) from None
+    g = m.gprs.read()
+    if reg_dest:
+        index, _width, _shift = REG.ICED_GPR[insn.op0_register]
+        g[index] = new                                           # zero-extended
+    if eax != temp:
+        g[REG.RAX] = temp                                        # zero-extended
+    g[REG.RFLAGS] = (g[REG.RFLAGS] & ~_ARITH) | flags
+    _finish(m, g, rip, insn)
+
+
 def undefined(m, insn, rip: int) -> None:
     raise _ud(f"{insn} raises #UD on this processor")
 
@@ -357,5 +429,5 @@ PYTHON_NATIVE = {
     Kind.CPUID: cpuid, Kind.RDMSR: rdmsr, Kind.WRMSR: wrmsr, Kind.RDTSC: rdtsc, Kind.RDTSCP: rdtsc,
     Kind.IO: io, Kind.MOV_FROM_CR: mov_from_cr, Kind.MOV_TO_CR: mov_to_cr, Kind.HLT: hlt, Kind.MONITOR: monitor,
     Kind.MWAIT: mwait, Kind.RDPMC: rdpmc, Kind.INVPCID: invpcid, Kind.XSAVES: undefined,
-    Kind.XRSTORS: undefined, Kind.GETSEC: undefined,
+    Kind.XRSTORS: undefined, Kind.GETSEC: undefined, Kind.CMPXCHG: cmpxchg32,
 }

@@ -26,6 +26,8 @@ iced-x86 Instruction or None):
   MOV_TO_CR / MOV_FROM_CR: `cr`, `gpr` (0-15); MOV_TO_CR `value`.
   CLTS; LMSW: `value` (the source operand), `address` for a memory operand.
   MOV_DR: `dr`, `gpr`, `write` (True: MOV to DR).
+  CMPXCHG (64-bit mode, 32-bit operand size): `address` for a memory destination.  Not a VMX
+  exit; the machine emulates it (unicorn clears RAX bits 63:32 on success).
   INVLPG, INVPCID, descriptor-table and VMX instructions, XSAVES/XRSTORS: `address`
   = linear address of the memory operand when there is one.
   EXCEPTION: `vector`, `event_type` (arch.events INTR_TYPE_*), `error_code`,
@@ -86,6 +88,7 @@ class Kind(Enum):
     XSAVES = "XSAVES"
     XRSTORS = "XRSTORS"
     GETSEC = "GETSEC"
+    CMPXCHG = "CMPXCHG"        # 64-bit mode, 32-bit operand size only (emulate.cmpxchg32 says why)
     VMXON = "VMXON"
     VMXOFF = "VMXOFF"
     VMCLEAR = "VMCLEAR"
@@ -189,6 +192,8 @@ _BY_MNEMONIC: dict[int, Kind] = {
     _M.INVEPT: Kind.INVEPT, _M.INVVPID: Kind.INVVPID, _M.VMCALL: Kind.VMCALL, _M.VMFUNC: Kind.VMFUNC,
 }
 _CRS = frozenset(getattr(I.Register, f"CR{n}") for n in range(16))
+_GPR32 = frozenset(getattr(I.Register, r) for r in ("EAX", "ECX", "EDX", "EBX", "ESP", "EBP", "ESI", "EDI",
+                                                     *(f"R{n}D" for n in range(8, 16))))
 _DRS = frozenset(getattr(I.Register, f"DR{n}") for n in range(16))
 
 
@@ -197,6 +202,8 @@ def kind_of(insn: I.Instruction) -> Kind | None:
     k = _BY_MNEMONIC.get(insn.mnemonic)
     if k is not None:
         return k
+    if insn.mnemonic == _M.CMPXCHG and insn.op1_register in _GPR32 and insn.code_size == I.CodeSize.CODE64:
+        return Kind.CMPXCHG
     if insn.mnemonic == _M.MOV and insn.op_count == 2 and insn.op0_kind == I.OpKind.REGISTER \
             and insn.op1_kind == I.OpKind.REGISTER:
         if insn.op0_register in _CRS:

@@ -366,8 +366,18 @@ class MemoryAccess:
         _gpa, hpa, allowed = hit
         self._fills_since_flush += 1
         if self._fills_since_flush > self._grow_at:
-            self._grow_tlb = True                   # see RunControl: QEMU sizes its TLB when flushed
-            self.engine.stop()
+            if access == FETCH:
+                self._grow_tlb = True               # see RunControl: QEMU sizes its TLB when flushed
+                self.engine.stop()
+            else:
+                # no stop inside a data access: unicorn 2.1.4 can then end the run right
+                # after the instruction's store with RIP still at the instruction, and
+                # the next run executes it again (a read-modify-write applied twice).
+                # Flush here instead (QEMU resizes the TLB then; the entry of this fill
+                # goes into the new table when the hook returns).
+                self._fills_since_flush = 0
+                self._grow_at *= 2
+                self.engine.flush_tlb()
         if access == READ:
             perms = ffi.PROT_READ
             if allowed & FETCH and self.sites.vpages.get(vaddr) == hpa:

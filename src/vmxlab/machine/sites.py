@@ -48,7 +48,7 @@ PAGE = 4096
 
 # Opcode bytes of the scanned kinds (two-byte 0F xx forms, PAUSE, I/O).
 _OPCODES = re.compile(
-    rb"(?=(\x0f[\x00\x01\x06\x08\x09\x20-\x23\x30\x31\x32\xa2\xc7]|\xf3\x90|[\xe4-\xe7\xec-\xef\x6c-\x6f\xf4]))",
+    rb"(?=(\x0f[\x00\x01\x06\x08\x09\x20-\x23\x30\x31\x32\xa2\xb1\xc7]|\xf3\x90|[\xe4-\xe7\xec-\xef\x6c-\x6f\xf4]))",
     re.S)
 _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3" + bytes(range(0x40, 0x50)))
 
@@ -56,7 +56,7 @@ _PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3" + bytes(ra
 SCANNED_KINDS = frozenset({
     Kind.CPUID, Kind.RDMSR, Kind.WRMSR, Kind.IO, Kind.MOV_TO_CR, Kind.MOV_FROM_CR, Kind.CLTS,
     Kind.LMSW, Kind.MOV_DR, Kind.INVLPG, Kind.PAUSE, Kind.WBINVD, Kind.INVD, Kind.XSETBV, Kind.RDTSC,
-    Kind.RDTSCP, Kind.RDRAND, Kind.RDSEED, Kind.GDTR_IDTR, Kind.LDTR_TR, Kind.HLT,
+    Kind.RDTSCP, Kind.RDRAND, Kind.RDSEED, Kind.GDTR_IDTR, Kind.LDTR_TR, Kind.HLT, Kind.CMPXCHG,
 })
 
 
@@ -128,7 +128,14 @@ class SiteRegistry:
         if self.vpages.get(vpage) == hpa and self.results.get(vpage) is result:
             return
         self._unhook_vpage(vpage)
-        addrs = []
+        # recorded before hooking: adding a code hook can make unicorn look the page
+        # up again (a TLB fill, so a nested on_fetch), which must then find the page
+        # done instead of hooking every site a second time (a site hooked twice
+        # runs its inline emulation twice)
+        addrs: list[int] = []
+        self.vpages[vpage] = hpa
+        self.by_vpage[vpage] = addrs
+        self.results[vpage] = result
         for off, kind, raw in result:
             addr = vpage + off
             old = self.sites.get(addr)
@@ -136,12 +143,9 @@ class SiteRegistry:
                 self._unhook(addr)
             insn = I.Decoder(bitness, raw, ip=addr).decode()
             site = Site(addr, kind, insn, raw, hpa + off)
-            self._hook(addr)
             self.sites[addr] = site
             addrs.append(addr)
-        self.vpages[vpage] = hpa
-        self.by_vpage[vpage] = addrs
-        self.results[vpage] = result
+            self._hook(addr)
 
     def _unhook(self, addr: int) -> None:
         site = self.sites.pop(addr, None)
