@@ -216,3 +216,26 @@ def test_gp_error_code_names_the_idt_entry(bad):
         e2.code("int 0x32")
         e2.m.run(time_budget=2)
         assert e2.reg("R8") == 0x32 * 8 + 2
+
+
+@pytest.mark.parametrize("insn", ["add dword ptr [rbx], 1", "xchg qword ptr [rbx], rax",
+                                  "lock cmpxchg qword ptr [rbx], rcx", "inc byte ptr [rbx + 5]"])
+def test_read_modify_write_to_a_not_present_page_faults_as_a_write(insn):
+    # "Page-Fault Error Code": W/R = 1 for a write; the operand of a read-modify-write
+    # instruction is accessed as a write (hardware and KVM report W=1 for it)
+    e = H.Env()
+    e.handler(14, "pop r8; mov r9, cr2; hlt")
+    e.set_pte(0x61, 0)                               # page 0x61 not present
+    e.code(f"mov rbx, 0x61000; {insn}; hlt")
+    e.m.run(time_budget=2)
+    assert e.reg("R8") == 0x2                        # P=0, W=1, supervisor
+    assert e.reg("R9") == (0x61005 if "+ 5" in insn else 0x61000)
+
+
+def test_plain_read_of_a_not_present_page_faults_as_a_read():
+    e = H.Env()
+    e.handler(14, "pop r8; mov r9, 1; hlt")
+    e.set_pte(0x61, 0)
+    e.code("mov rbx, 0x61000; add rax, qword ptr [rbx]; hlt")   # the memory operand is only read
+    e.m.run(time_budget=2)
+    assert e.reg("R9") == 1 and e.reg("R8") == 0x0

@@ -324,6 +324,25 @@ def test_ept_violation_qualification_and_addresses():
     assert b.m.mem.read64(0x200010) == 0          # the write did not
 
 
+def test_ept_violation_of_a_read_modify_write_reports_a_data_write():
+    # "Exit Qualification for EPT Violations": a read-modify-write "sets bit 1 (data
+    # write). Whether it also sets bit 0 (data read) is implementation-specific"
+    b, eptp = ept_bench()
+    root = eptp & ~0xFFF
+    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
+    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    b.m.mem.write64(pd + 8, 0)                    # guest-physical 0x200000-0x3FFFFF not present
+    b.start("mov rax, 0x200010\nadd qword ptr [rax], 1\nhlt", controls=ept_controls(b),
+            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("violation")),
+            fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1})
+    b.cpu.run(time_budget=5)
+    e = b.exits[0]
+    assert e.basic == X.EPT_VIOLATION
+    assert e.qualification & 0b10                 # data write
+    assert e.qualification & ~0b1 == 0b10 | (1 << 7) | (1 << 8)   # nothing readable/writable/executable
+    assert e.guest_physical == 0x200010 and e.guest_linear == 0x200010
+
+
 def test_ept_misconfiguration():
     b, eptp = ept_bench()
     root = eptp & ~0xFFF

@@ -564,10 +564,17 @@ class _Gen:
         if kind in ("absent", "unmapped", "readonly", "supervisor", "noncanonical"):
             addr = {"absent": ALIAS_ABSENT, "unmapped": UNMAPPED, "readonly": ALIAS_RO,
                     "supervisor": ALIAS_SUPER, "noncanonical": NONCANONICAL}[kind] + off
-            write = kind == "readonly" or r.random() < 0.5
+            # a read, a write or a read-modify-write (its operand is accessed as a write:
+            # #PF error code W=1 even where the page is not present)
+            access = r.choice(("write", "rmw") if kind == "readonly" else ("read", "write", "rmw"))
             w = self.width()
-            op = f"mov {_PTR[w]} ptr [{base}], {reg(v, w)}" if write else f"mov {reg(v, w)}, {_PTR[w]} ptr [{base}]"
-            return self.unit("fault", [Insn(f"mov {base}, {addr:#x}"), Insn(op)], fault=kind)
+            m = f"{_PTR[w]} ptr [{base}]"
+            rmw = r.choice(("add", "xor", "xchg"))
+            flags = {"add": {"defines": ARITH}, "xor": {"defines": ARITH & ~AF, "undefined": AF},
+                     "xchg": {}}[rmw] if access == "rmw" else {}
+            op = {"read": f"mov {reg(v, w)}, {m}", "write": f"mov {m}, {reg(v, w)}",
+                  "rmw": f"{rmw} {m}, {reg(v, w)}"}[access]
+            return self.unit("fault", [Insn(f"mov {base}, {addr:#x}"), Insn(op, **flags)], fault=kind)
         if kind == "de":
             d = self.gpr(("rax", "rdx"))
             return self.unit("fault", [Insn(f"xor {reg(d, 32)}, {reg(d, 32)}", defines=ARITH & ~AF, undefined=AF),

@@ -64,6 +64,7 @@ _INFO = I.InstructionInfoFactory()
 _OA = I.OpAccess
 _READS = frozenset({_OA.READ, _OA.COND_READ, _OA.READ_WRITE, _OA.READ_COND_WRITE})
 _WRITES = frozenset({_OA.WRITE, _OA.COND_WRITE, _OA.READ_WRITE, _OA.READ_COND_WRITE})
+_RMW = frozenset({_OA.READ_WRITE, _OA.READ_COND_WRITE})
 _KIND_NAME = {READ: "read", WRITE: "write", FETCH: "fetch"}
 
 
@@ -423,7 +424,11 @@ class MemoryAccess:
         return bytes(out)
 
     def exact_linear(self, page: int, access: int) -> int:
-        """The linear address an access that faulted on `page` used.
+        """The linear address an access that faulted on `page` used."""
+        return self.exact_access(page, access)[0]
+
+    def exact_access(self, page: int, access: int) -> tuple[int, bool]:
+        """(linear address, read-modify-write?) of the access that faulted on `page`.
 
         unicorn's TLB fill only sees page-aligned addresses; CR2, EPT
         qualifications and guest-linear addresses need the byte: for a fetch it is
@@ -431,13 +436,16 @@ class MemoryAccess:
         into it); for data, the memory accesses of the instruction at RIP (iced's
         used_memory(), explicit and implicit: stack, string operands) evaluated
         on the current registers, the first one of the right kind touching the
-        page (an access crossing into the page faults at the page start)."""
+        page (an access crossing into the page faults at the page start).  The
+        flag says the operand is read and written by the instruction (ADD [m], r;
+        XCHG; CMPXCHG ...): unicorn fills its read first, but the processor makes
+        that access as a write (see the callers)."""
         rip = self.gprs.read()[REG.RIP]
         if access == FETCH:
-            return rip if rip & ~0xFFF == page else page
+            return (rip if rip & ~0xFFF == page else page), False
         insn = self.decode_at(rip)
         if insn.code == I.Code.INVALID:
-            return page
+            return page, False
         g = self.gprs.read()
         hf = self.blob.load().hflags
         bitness = 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16)
@@ -463,8 +471,8 @@ class MemoryAccess:
             linear = (base + ea) & ((1 << 64) - 1 if bitness == 64 else 0xFFFFFFFF)
             size = max(I.MemorySizeExt.size(mem.memory_size), 1)
             if linear < page + PAGE and linear + size > page:
-                return max(linear, page)
-        return page
+                return max(linear, page), mem.access in _RMW
+        return page, False
 
     @staticmethod
     def _reg_value(reg: int, g) -> int:

@@ -54,7 +54,9 @@ from .events import EventInfo, Fault, MachineNotImplemented
 from .intercepts import Action, Event, Kind, kind_of
 from .linear import FillFault, SecondStageRefusal, _NonCanonical, fault_of_fill
 from .memory import NonexistentMemory
-from .paging import PageFault
+from .paging import PF_W, PageFault
+from .paging import READ as PG_READ
+from .paging import WRITE as PG_WRITE
 
 
 class StopReason(Enum):
@@ -585,19 +587,30 @@ class RunControl:
         rip = self.rip
         if self._stepping:
             self._end_stepping()
-        linear = self.exact_linear(ff.linear & ~0xFFF, ff.access)
+        linear, rmw = self.exact_access(ff.linear & ~0xFFF, ff.access)
+        # unicorn fills the read of a read-modify-write operand first; the processor
+        # makes that access as a write: #PF error code W=1 ("Page-Fault Error Code"
+        # -- an access right the read has is not checked apart), EPT qualification
+        # bit 1 ("Exit Qualification for EPT Violations": "a read-modify-write
+        # operation sets bit 1 (data write)")
+        rmw = rmw and ff.access == PG_READ
         ff.linear = linear
         if isinstance(exc, PageFault):
             exc.linear = linear
+            if rmw:
+                exc.error_code |= PF_W
         elif isinstance(exc, SecondStageRefusal):
             if exc.linear is not None and not exc.paging_entry:
                 if exc.gpa is not None:
                     exc.gpa = (exc.gpa & ~0xFFF) | (linear & 0xFFF)
                 exc.linear = linear
+                if rmw:
+                    exc.access = PG_WRITE
         elif isinstance(exc, _NonCanonical):
             exc.linear = linear
         elif isinstance(exc, NonexistentMemory):
             exc.address = (exc.address & ~0xFFF) | (linear & 0xFFF)
+            exc.write = exc.write or rmw
             exc.args = (f"{'write' if exc.write else 'read'} at physical {exc.address:#x} "
                         f"(linear {linear:#x}): no memory there",)
         if isinstance(exc, SecondStageRefusal):

@@ -958,6 +958,10 @@ class VmxCpu:
             return
         assert isinstance(payload, EPT.EptViolation), stop
         qual = payload.qualification
+        if refusal.access == PG.WRITE and not refusal.paging_entry:
+            # a read-modify-write refused at its read: "sets bit 1 (data write). Whether
+            # it also sets bit 0 (data read) is implementation-specific" -- both here
+            qual |= 0b10
         gla = refusal.linear
         if gla is not None:
             qual |= 1 << 7
