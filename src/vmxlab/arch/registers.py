@@ -24,7 +24,7 @@ CR4 = Layout("CR4", (
     Bits("PKS", 24), Bits("UINTR", 25), Bits("LASS", 27), Bits("LAM_SUP", 28),
     Bits("FRED", 32),
 ), section="Control Registers")
-CR4_VME, CR4_PVI, CR4_PSE, CR4_PAE, CR4_PGE = 1, 2, 0x10, 0x20, 0x80
+CR4_VME, CR4_PVI, CR4_DE, CR4_PSE, CR4_PAE, CR4_PGE = 1, 2, 8, 0x10, 0x20, 0x80
 CR4_LA57, CR4_VMXE, CR4_SMXE = 1 << 12, 1 << 13, 1 << 14
 CR4_FSGSBASE, CR4_PCIDE, CR4_OSXSAVE, CR4_SMEP, CR4_SMAP = 1 << 16, 1 << 17, 1 << 18, 1 << 20, 1 << 21
 CR4_PKE, CR4_CET, CR4_PKS, CR4_FRED = 1 << 22, 1 << 23, 1 << 24, 1 << 32
@@ -51,6 +51,9 @@ DR7 = Layout("DR7", (
 ), section="Debug Registers")
 DR7_INIT = 0x400
 DR6_INIT = 0xFFFF0FF0
+DR7_GD = 1 << 13
+DR6_BD = 1 << 13                # debug-register access detected (DR7.GD)
+DR6_B0_B3 = 0xF
 
 MEMORY_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB", 7: "UC-"}
 MT_UC, MT_WC, MT_WT, MT_WP, MT_WB, MT_UC_MINUS = 0, 1, 4, 5, 6, 7
@@ -64,3 +67,22 @@ def canonical(address: int, linear_bits: int = 48) -> bool:
     """True if bits 63:linear_bits-1 of address are all equal (Vol. 1 'Canonical Addressing')."""
     top = address >> (linear_bits - 1)
     return top == 0 or top == (1 << (65 - linear_bits)) - 1
+
+
+def xcr0_problem(value: int, supported: int) -> str | None:
+    """Why XSETBV would refuse `value` for XCR0 with #GP(0), or None (SDM Vol. 3A
+    "Extended Control Registers (Including XCR0)"; "XSETBV", Protected Mode
+    Exceptions).  `supported` is CPUID.(EAX=0DH,ECX=0):EDX:EAX."""
+    if value & ~supported:
+        return f"bits {value & ~supported:#x} are not supported"
+    if not value & 1:
+        return "bit 0 (x87) must be 1"
+    if value & 4 and not value & 2:
+        return "AVX (bit 2) needs SSE (bit 1)"
+    if bool(value & 8) != bool(value & 0x10):
+        return "BNDREGS and BNDCSR (bits 4:3) must be equal"
+    if value & 0xE0 and (value & 0xE0 != 0xE0 or value & 6 != 6):
+        return "AVX-512 state (bits 7:5) must be 000b, or 111b with bits 2:1 = 11b"
+    if bool(value & (1 << 17)) != bool(value & (1 << 18)):
+        return "AMX TILECFG and TILEDATA (bits 18:17) must be equal"
+    return None

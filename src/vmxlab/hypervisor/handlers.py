@@ -25,6 +25,7 @@ from ..arch import controls as C
 from ..arch import events as EV
 from ..arch import exits as X
 from ..arch import fields as F
+from ..arch import registers as AR
 from ..arch.cpuid import HYPERVISOR_LEAF
 from ..machine import registers as REG
 from ..machine.intercepts import Kind
@@ -133,13 +134,14 @@ class ExitHandler:
         self.advance(cpu)
 
     def on_xsetbv(self, cpu) -> None:
-        """XSETBV ("XSETBV-Set Extended Control Register"): XCR0 only; bit 0 must be 1,
-        AVX needs SSE, and only state components the processor has may be set."""
+        """XSETBV ("XSETBV-Set Extended Control Register"): XCR0 only, with the value
+        rules of "Extended Control Registers (Including XCR0)" (arch.registers.xcr0_problem);
+        CPL > 0 and CR4.OSXSAVE = 0 fault before the VM exit (they have priority)."""
         ecx, eax, edx = (x & 0xFFFFFFFF for x in self.regs(cpu, "RCX", "RAX", "RDX"))
         value = (edx << 32) | eax
         leaf_d = cpu.m.cpuid.query(0xD, 0, 0)
         supported = (leaf_d[3] << 32) | leaf_d[0]
-        if ecx != 0 or not value & 1 or (value & 4 and not value & 2) or value & ~supported:
+        if ecx != 0 or AR.xcr0_problem(value, supported) is not None:
             self.inject(cpu, EV.GP, error_code=0)
             return
         state = cpu.m.get_state()
@@ -174,8 +176,28 @@ class ExitHandler:
         self.advance(cpu)
 
     def on_dr_access(self, cpu) -> None:
+        """MOV DR, emulated.  Its VM exit "takes priority over" the #GP for CPL > 0 and
+        the #UD for DR4/DR5 with CR4.DE = 1 ("Instructions That Cause VM Exits
+        Conditionally"), so the handler raises them, and the general-detect #DB
+        ("MOV-Move to/from Debug Registers"): DR4/DR5 alias DR6/DR7 when CR4.DE = 0."""
         q = X.QUAL_DR_ACCESS.decode(cpu.exit.qualification)
         dr, gpr = q["dr"], _GPR[q["gpr"]]
+        if (cpu.vmread(F.GUEST_SS_AR_BYTES) >> 5) & 3:          # SS.DPL is the CPL
+            self.inject(cpu, EV.GP, error_code=0)
+            return
+        if dr in (4, 5) and cpu.vmread(F.GUEST_CR4) & AR.CR4_DE:
+            self.inject(cpu, EV.UD)
+            return
+        dr7 = cpu.vmread(F.GUEST_DR7)
+        if dr7 & AR.DR7_GD:
+            # "Debug Exception Conditions": DR6.BD set; the processor clears DR7.GD on
+            # entering the #DB handler -- event injection does neither, so the handler does
+            c = cpu.m.ctrl.read()
+            c[REG.DR6] = (c[REG.DR6] & ~AR.DR6_B0_B3) | AR.DR6_BD
+            cpu.m.ctrl.write()
+            cpu.vmwrite(F.GUEST_DR7, dr7 & ~AR.DR7_GD)
+            self.inject(cpu, EV.DB)
+            return
         index = {0: REG.DR0, 1: REG.DR1, 2: REG.DR2, 3: REG.DR3, 4: REG.DR6, 5: REG.DR7, 6: REG.DR6, 7: REG.DR7}[dr]
         c = cpu.m.ctrl.read()
         if q["direction"] == 0:
@@ -186,7 +208,7 @@ class ExitHandler:
                 c[index] = value
                 cpu.m.ctrl.write()
         else:
-            value = cpu.vmread(F.GUEST_DR7) if dr in (5, 7) else c[index]
+            value = dr7 if dr in (5, 7) else c[index]
             self.set_regs(cpu, **{gpr: value})
         self.advance(cpu)
 
