@@ -40,3 +40,29 @@ def test_rdmsr():
     assert MM.rdmsr_fault(SKL, 0x492) is not None        # no PROCBASED_CTLS3 on Skylake
     assert MM.rdmsr_fault(load("penryn"), 0x48D) is not None  # no TRUE MSRs without BASIC bit 55
     assert MM.reset_value(SKL, 0x480) == SKL.basic
+
+
+@pytest.mark.parametrize("index,value,fault", [
+    # "Variable Range MTRRs" (MAXPHYADDR 39 on skylake-client): PHYSBASE0 / PHYSMASK0
+    (0x200, 0x0000_0040_0000_0006, None),          # WB at 256 GiB: bit 38, inside 39 bits
+    (0x200, 0x0000_0080_0000_0006, "reserved bits"),   # bit 39: beyond MAXPHYADDR
+    (0x200, 0x0000_0000_8000_0002, "type 0x2"),    # 2 and 3 are reserved types
+    (0x200, 0x0000_0000_8000_0106, "reserved bits 0x100"),
+    (0x201, 0x0000_007F_C000_0800, None),          # 1 GiB mask, valid
+    (0x201, 0x0000_007F_C000_0400, "reserved bits 0x400"),
+    (0x213, 0x800, None),                          # PHYSMASK9: the tenth pair exists (VCNT 10)
+    # fixed ranges: one memory type per byte
+    (0x250, 0x0606_0606_0606_0606, None),
+    (0x26F, 0x0505_0505_0505_0500, None),
+    (0x259, 0x0000_0000_0000_0700, "byte 1 = 0x7"),   # UC- (7) is a PAT type, not an MTRR type
+])
+def test_mtrr_registers_the_mtrrcap_reports(index, value, fault):
+    assert MM.rdmsr_fault(SKL, index) is None
+    test_wrmsr_faults(index, value, fault)
+
+
+def test_mtrrcap_counts_the_variable_ranges_that_exist():
+    vcnt = MM.reset_value(SKL, 0xFE) & 0xFF
+    assert all(MM.exists(SKL, 0x200 + i) for i in range(2 * vcnt))
+    assert not MM.exists(SKL, 0x200 + 2 * vcnt)
+    assert "not implemented" in MM.rdmsr_fault(SKL, 0x214)     # no eleventh pair

@@ -50,6 +50,12 @@ _TABLE = [
     (0x000001D3, "IA32_FRED_SSP3", ()),
     (0x000001D4, "IA32_FRED_CONFIG", ()),
     (0x000001D9, "IA32_DEBUGCTL", ("MSR_IA32_DEBUGCTLMSR",)),
+    *((0x200 + 2 * n, f"IA32_MTRR_PHYSBASE{n}", ()) for n in range(10)),
+    *((0x201 + 2 * n, f"IA32_MTRR_PHYSMASK{n}", ()) for n in range(10)),
+    (0x00000250, "IA32_MTRR_FIX64K_00000", ()),
+    (0x00000258, "IA32_MTRR_FIX16K_80000", ()),
+    (0x00000259, "IA32_MTRR_FIX16K_A0000", ()),
+    *((0x268 + i, f"IA32_MTRR_FIX4K_{0xC0000 + 0x8000 * i:05X}", ()) for i in range(8)),
     (0x00000277, "IA32_PAT", ("MSR_IA32_CR_PAT",)),
     (0x000002FF, "IA32_MTRR_DEF_TYPE", ()),
     (0x0000038F, "IA32_PERF_GLOBAL_CTRL", ()),
@@ -110,6 +116,10 @@ globals().update({m.name: m.index for m in MSRS})
 
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF   # x2APIC MSR range (Vol. 3A "x2APIC Register Address Space")
 VMX_CAPABILITY_MSRS = tuple(m for m in MSRS if 0x480 <= m.index <= 0x493)
+# Memory type range registers (Vol. 3A "MTRRs"): IA32_MTRRCAP.VCNT variable-range
+# pairs (PHYSBASEn, PHYSMASKn) from 200H, the fixed-range registers when MTRRCAP.FIX.
+MTRR_VARIABLE = tuple(m for m in MSRS if 0x200 <= m.index <= 0x213)
+MTRR_FIXED = tuple(m for m in MSRS if m.name.startswith(("IA32_MTRR_FIX64K", "IA32_MTRR_FIX16K", "IA32_MTRR_FIX4K")))
 
 
 def lookup(name_or_index: str | int) -> Msr | None:

@@ -72,6 +72,27 @@ def _mtrr_def_type_check(p: Profile, value: int) -> str | None:
     return None if t in (0, 1, 4, 5, 6) else f"default type {t:#x} is not a memory type"
 
 
+_MTRR_TYPES = (0, 1, 4, 5, 6)          # UC, WC, WT, WP, WB ("MTRR Types and Properties")
+MTRRCAP = 0xD0A                       # VCNT 10, FIX, WC, SMRR (what Skylake reports)
+
+
+def _address_bits(p: Profile) -> int:
+    return ((1 << p.maxphyaddr) - 1) & ~0xFFF
+
+
+def _mtrr_base_check(p: Profile, value: int) -> str | None:
+    t = value & 0xFF
+    return None if t in _MTRR_TYPES else f"type {t:#x} is not an MTRR memory type (0, 1, 4, 5, 6)"
+
+
+def _mtrr_fixed_check(p: Profile, value: int) -> str | None:
+    for i in range(8):
+        t = value >> (8 * i) & 0xFF
+        if t not in _MTRR_TYPES:
+            return f"byte {i} = {t:#x} is not an MTRR memory type (0, 1, 4, 5, 6)"
+    return None
+
+
 def _pkrs_exists(p: Profile) -> bool:
     return p.has("PKS")
 
@@ -98,7 +119,13 @@ _SPECS: list[MsrSpec] = [
     MsrSpec(M.IA32_BIOS_SIGN_ID),
     MsrSpec(M.IA32_SMM_MONITOR_CTL, valid=lambda p: 0x5 | (((1 << 32) - 1) & ~0xFFF)),
     MsrSpec(M.IA32_MPERF), MsrSpec(M.IA32_APERF),
-    MsrSpec(M.IA32_MTRRCAP, writable=False, reset=lambda p: 0xD0A),
+    MsrSpec(M.IA32_MTRRCAP, writable=False, reset=lambda p: MTRRCAP),
+    # "Variable Range MTRRs": PHYSBASE type 7:0, base MAXPHYADDR-1:12; PHYSMASK valid
+    # bit 11, mask MAXPHYADDR-1:12; the rest reserved
+    *(MsrSpec(m.index, exists=_has("MTRR"), check=_mtrr_base_check if m.index % 2 == 0 else None,
+              valid=(lambda p: 0xFF | _address_bits(p)) if m.index % 2 == 0 else (lambda p: 0x800 | _address_bits(p)))
+      for m in M.MTRR_VARIABLE if m.index < 0x200 + 2 * (MTRRCAP & 0xFF)),
+    *(MsrSpec(m.index, exists=_has("MTRR"), check=_mtrr_fixed_check) for m in M.MTRR_FIXED),
     MsrSpec(M.IA32_ARCH_CAPABILITIES, exists=_has("ARCH_CAPABILITIES"), writable=False),
     MsrSpec(M.IA32_SYSENTER_CS, valid=lambda p: 0xFFFFFFFF),
     MsrSpec(M.IA32_SYSENTER_ESP, canonical=True),
