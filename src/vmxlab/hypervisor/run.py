@@ -297,6 +297,9 @@ def _launch(s: Session) -> bool:
     except VmxFault as e:
         r.launch, r.outcome, r.detail = f"exception {e}", "error", f"VMLAUNCH raised {e}"
         return False
+    except MachineNotImplemented as e:
+        r.launch, r.outcome, r.detail = "not simulated", "error", str(e)
+        return False
     if cpu.exit is not None and cpu.exit.entry_failure:
         r.launch = f"VM-entry failure, exit reason {cpu.exit.basic} ({cpu.exit.name})"
         r.outcome = "entry failure"

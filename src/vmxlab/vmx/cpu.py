@@ -40,6 +40,7 @@ from ..arch import controls as C
 from ..arch import events as EV
 from ..arch import exits as X
 from ..arch import fields as F
+from ..arch import msr_switch as MS
 from ..arch import registers as AR
 from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
 from ..caps import msrmodel
@@ -57,6 +58,7 @@ from ..vmcs import UnknownField, Vmcs
 from . import ept as EPT
 from . import exit_info as XI
 from . import transfer as T
+from .unmodelled import refuse as refuse_unmodelled
 from .bitmaps import io_exits, msr_exits
 from .instructions import INVALID_POINTER, Context, Outcome, VmxState
 
@@ -76,7 +78,8 @@ _HOST_OR_CONTROL = _HOST_FIELDS | _CONTROL_FIELDS
 # what saving guest state can change: the guest area, the IA-32e mode guest control
 # (IA32_VMX_MISC[5]), the PDPTEs, the preemption timer
 _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUEST_PDPTR0, F.GUEST_PDPTR1,
-                                     F.GUEST_PDPTR2, F.GUEST_PDPTR3, F.VMX_PREEMPTION_TIMER_VALUE)))
+                                     F.GUEST_PDPTR2, F.GUEST_PDPTR3, F.VMX_PREEMPTION_TIMER_VALUE,
+                                     *MS.GUEST_FIELDS)))
 _UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
 
 
@@ -183,6 +186,9 @@ class VmxCpu:
         self._lazy_ok = False
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
+        # switched MSRs every VM exit saves on this processor (arch.msr_switch)
+        self._saved_msrs = T.saved_msrs(self.profile.allowed("VM_ENTRY_CONTROLS")[1],
+                                        self.profile.allowed("VM_EXIT_CONTROLS")[1])
         # full-access encodings the processor supports -> width mask (VMREAD fast path)
         self._supported = {f.encoding: f.mask for f in F.FIELDS if self.profile.field_supported(f)}
         self._writable = {enc: mask for enc, mask in self._supported.items()
@@ -518,11 +524,13 @@ class VmxCpu:
 
     def _load_guest_and_enter(self, vmcs: Vmcs, launch: bool) -> None:
         m, v = self.m, vmcs.values
+        refuse_unmodelled(v)
         if len(v) < len(F.FIELDS):                # every encoding present: the checker's fast path
             for f in F.FIELDS:
                 v.setdefault(f.encoding, 0)
         state = T.load_guest(v, m.get_state())
         m.set_state(state)
+        T.load_guest_msrs(v, m.msrs.poke)
         entry_ctl = v.get(F.VM_ENTRY_CONTROLS, 0)
         # "Loading MSRs": the VM-entry MSR-load area, in order (the checker has tested each entry)
         for index, (msr, value) in enumerate(self._msr_area(v.get(F.VM_ENTRY_MSR_LOAD_ADDR, 0),
@@ -586,9 +594,10 @@ class VmxCpu:
         cpu, sec, pin, _ = self._controls(v)
         self._vpid = bool(sec & C.SECONDARY_EXEC_ENABLE_VPID)
         # exits to Python host code can be lazy when the exit has no MSR-store/load
-        # area and does not save the preemption timer (their effects need the full path)
+        # area, does not save the preemption timer and switches no MSR by a control
+        # (their effects need the full path: host code may read the MSRs)
         self._lazy_ok = not (v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) or v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
-                             or v.get(F.VM_EXIT_CONTROLS, 0) & C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER)
+                             or v.get(F.VM_EXIT_CONTROLS, 0) & (C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER | MS.EXIT_CHANGES))
         self._hctx = None
         self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING)
                                   or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER)
@@ -1081,6 +1090,7 @@ class VmxCpu:
         dirty set (the next VM entry re-runs the checks that read them)."""
         before = [v.get(enc) for enc in _SAVED_FIELDS]
         T.save_guest(state, v, v.get(F.VM_EXIT_CONTROLS, 0), store_lma=bool(self.profile.misc >> 5 & 1))
+        T.save_guest_msrs(v, self._saved_msrs, self.m.msrs.peek)
         if self._ept is not None and self.m.pdptes is not None:
             for i, pdpte in enumerate(self.m.pdptes):
                 v[F.GUEST_PDPTR0 + 2 * i] = pdpte
@@ -1104,6 +1114,7 @@ class VmxCpu:
         state = self.m.get_state()
         host = T.load_host(v, state, self.profile.maxphyaddr)
         self.m.set_state(host)
+        T.load_host_msrs(v, self.m.msrs.poke)
         self._subscribe_root()
         if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
             self.m.flush_tlb()
@@ -1137,6 +1148,12 @@ class VmxCpu:
             self.full_checks += 1
             ok = check(vmcs, self.profile, memory=self._read_host_or_none, instruction="vmresume",
                        host_lma=ctx.efer_lma, vmcs_pointer=self.vmx.current).outcome == "success"
+        if ok and not written.isdisjoint(_CONTROL_FIELDS):
+            try:
+                refuse_unmodelled(v)
+            except Exception:
+                self.materialize()
+                raise
         if not ok or not self._fast_reentry(v, written):
             self.materialize()
             self._enter_from(self._host_context(), launch=False, python=True)
@@ -1173,6 +1190,8 @@ class VmxCpu:
                 if enc not in _FAST_GUEST:
                     return False
         exit_ctl, entry_ctl = v.get(F.VM_EXIT_CONTROLS, 0), v.get(F.VM_ENTRY_CONTROLS, 0)
+        if entry_ctl & MS.ENTRY_CONTROLS or exit_ctl & MS.EXIT_CHANGES:
+            return False                          # MSRs switched by the controls: the full path
         if (exit_ctl, entry_ctl) != self._kept[0]:
             self._kept = ((exit_ctl, entry_ctl), _round_trip_keeps(exit_ctl, entry_ctl))
         if not self._kept[1] and not self._compose_round_trip(v, exit_ctl, entry_ctl):
@@ -1246,6 +1265,7 @@ class VmxCpu:
             state = m.get_state()
         host = T.load_host(v, state, self.profile.maxphyaddr)
         m.set_state(host)
+        T.load_host_msrs(v, m.msrs.poke)
         # "Loading MSRs" on VM exit: the VM-exit MSR-load area
         for msr, value in self._msr_area(v.get(F.VM_EXIT_MSR_LOAD_ADDR, 0), v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)):
             why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from ..arch import controls as C
 from ..arch import fields as F
+from ..arch import msr_switch as MS
 from ..arch import msrs as M
 from ..arch import segments as S
 from ..machine.state import SEGMENTS
@@ -171,3 +172,43 @@ def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict
     h["GUEST_PENDING_DBG_EXCEPTIONS"] = 0
     h["GUEST_INTERRUPTIBILITY_INFO"] = 0
     return h
+
+
+# ---- MSRs switched under controls (arch.msr_switch) -------------------------------------------
+def load_guest_msrs(v: dict[int, int], write) -> None:
+    """"Loading Guest Control Registers, Debug Registers, and MSRs": each MSR whose
+    VM-entry "load" control is 1 from its guest-state field (the checks tested the
+    values); `write(msr, value)`."""
+    entry = v.get(F.VM_ENTRY_CONTROLS, 0)
+    if entry & MS.ENTRY_CONTROLS:
+        for s in MS.SWITCHED:
+            if entry & s.entry_load:
+                write(s.msr, v.get(s.guest_field, 0))
+
+
+def saved_msrs(entry_allowed1: int, exit_allowed1: int) -> tuple[MS.SwitchedMsr, ...]:
+    """The switched MSRs every VM exit saves on a processor with these allowed-1
+    settings ("Saving Control Registers, Debug Registers, and MSRs")."""
+    return tuple(s for s in MS.SWITCHED if s.saved_if[0] & entry_allowed1 or s.saved_if[1] & exit_allowed1)
+
+
+def save_guest_msrs(v: dict[int, int], always: tuple, read) -> None:
+    """Save into the guest-state area the MSRs of `always` (saved_msrs) and those
+    whose VM-exit "save" control is 1; `read(msr)`."""
+    for s in always:
+        v[s.guest_field] = read(s.msr)
+    exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
+    if exit_ctl & MS.EXIT_CONTROLS:
+        for s in MS.SWITCHED:
+            if exit_ctl & s.save_control:
+                v[s.guest_field] = read(s.msr)
+
+
+def load_host_msrs(v: dict[int, int], write) -> None:
+    """"Loading Host Control Registers, Debug Registers, MSRs": each MSR whose VM-exit
+    "load" control is 1 from its host-state field, or cleared by its "clear" control."""
+    exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
+    if exit_ctl & MS.EXIT_CONTROLS:
+        for s in MS.SWITCHED:
+            if exit_ctl & s.exit_control:
+                write(s.msr, v.get(s.host_field, 0) if s.host_field is not None else 0)
