@@ -380,3 +380,16 @@ def test_vmx_abort_on_a_vm_exit_msr_load_of_fs_base_is_a_shutdown():
     assert r.outcome == "shutdown" and "VMX abort, indicator 4" in r.detail
     assert f"CPUID at guest RIP {IMG.FLAT_BASE:#x}" in r.detail
     assert r.exits == []                  # the exit never reached the host (no handler, no observer)
+
+
+def test_monitor_trap_flag_single_steps_the_guest():
+    hello = IMG.builtin("hello")
+    plain = run_image(hello)
+    r = run_image(hello, edits=[parse_edit("or", f"CPU_BASED_VM_EXEC_CONTROL={C.CPU_BASED_MONITOR_TRAP_FLAG:#x}")])
+    assert r.console == plain.console and r.outcome == plain.outcome == "halted"
+    steps = [e for e in r.exits if e["name"] == "MONITOR_TRAP_FLAG"]
+    assert len(steps) > 1000 and all(e["qualification"] == 0 for e in steps)
+    assert [e["name"] for e in r.exits if e["name"] != "MONITOR_TRAP_FLAG"] == \
+        [e["name"] for e in plain.exits]                     # the same other exits, in order
+    rips = [e["guest_rip"] for e in steps]
+    assert len(set(rips)) > 50                                # the guest advances one instruction per exit

@@ -108,7 +108,6 @@ def test_clear_bndcfgs_leaves_zero_for_the_host():
 
 
 @pytest.mark.parametrize("field,bits,name", [
-    ("CPU_BASED_VM_EXEC_CONTROL", C.CPU_BASED_MONITOR_TRAP_FLAG, "CPU_BASED_MONITOR_TRAP_FLAG"),
     ("CPU_BASED_VM_EXEC_CONTROL", C.CPU_BASED_TPR_SHADOW, "CPU_BASED_TPR_SHADOW"),
     ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_PAUSE_LOOP_EXITING, "SECONDARY_EXEC_PAUSE_LOOP_EXITING"),
     ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_SHADOW_VMCS, "SECONDARY_EXEC_SHADOW_VMCS"),
@@ -133,11 +132,12 @@ def test_a_secondary_control_counts_only_when_secondary_controls_are_active():
 
 
 def test_a_control_not_modelled_written_by_host_code_stops_the_vmresume():
-    def enable_mtf(cpu):
-        cpu.vmwrite("CPU_BASED_VM_EXEC_CONTROL", cpu.vmread("CPU_BASED_VM_EXEC_CONTROL") | C.CPU_BASED_MONITOR_TRAP_FLAG)
+    def enable_ple(cpu):
+        cpu.vmwrite("SECONDARY_VM_EXEC_CONTROL",
+                    cpu.vmread("SECONDARY_VM_EXEC_CONTROL") | C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
         cpu.vmresume()
     b = Bench()
-    b.start("cpuid\nhlt", host=enable_mtf)
-    with pytest.raises(MachineNotImplemented, match="CPU_BASED_MONITOR_TRAP_FLAG"):
+    b.start("cpuid\nhlt", host=enable_ple)
+    with pytest.raises(MachineNotImplemented, match="SECONDARY_EXEC_PAUSE_LOOP_EXITING"):
         b.cpu.run(time_budget=5)
     assert not b.cpu.vmx.non_root and b.cpu.exit.basic == X.CPUID   # still in the host after the exit

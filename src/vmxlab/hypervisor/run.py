@@ -168,6 +168,10 @@ class RunHandler(ExitHandler):
         self.report = "HLT exit: the guest executed HLT"
         cpu.stop(self.report)
 
+    def on_monitor_trap_flag(self, cpu) -> None:
+        """MTF exits (`--or CPU_BASED_VM_EXEC_CONTROL=0x8000000`): resume as is -- the
+        guest is single-stepped, one exit per instruction (`--trace` lists them)."""
+
 
 class ExitRecorder:
     """Observer (cpu.observers): records every exit in order, stops the run at the one

@@ -109,6 +109,7 @@ class Kind(Enum):
     INTERRUPT_WINDOW = "INTERRUPT_WINDOW"
     NMI_WINDOW = "NMI_WINDOW"
     TSC_DEADLINE = "TSC_DEADLINE"
+    MTF = "MTF"
     # reported, never subscribed to: they always stop the run
     SECOND_STAGE = "SECOND_STAGE"
     NONEXISTENT_MEMORY = "NONEXISTENT_MEMORY"
@@ -116,7 +117,7 @@ class Kind(Enum):
 
 INSTRUCTION_KINDS = frozenset(k for k in Kind if k not in (
     Kind.EXCEPTION, Kind.EXTERNAL_INTERRUPT, Kind.NMI, Kind.TRIPLE_FAULT, Kind.INTERRUPT_WINDOW,
-    Kind.NMI_WINDOW, Kind.TSC_DEADLINE, Kind.SECOND_STAGE, Kind.NONEXISTENT_MEMORY))
+    Kind.NMI_WINDOW, Kind.TSC_DEADLINE, Kind.MTF, Kind.SECOND_STAGE, Kind.NONEXISTENT_MEMORY))
 
 VMX_KINDS = frozenset({Kind.VMXON, Kind.VMXOFF, Kind.VMCLEAR, Kind.VMPTRLD, Kind.VMPTRST, Kind.VMREAD,
                        Kind.VMWRITE, Kind.VMLAUNCH, Kind.VMRESUME, Kind.INVEPT, Kind.INVVPID, Kind.VMCALL,

@@ -126,6 +126,12 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._window_irq = False
         self._window_nmi = False
         self._tsc_deadline: int | None = None
+        # monitor trap flag (request_mtf): None off; 0 armed; 1 an instruction started
+        # at _mtf_rip in segment _mtf_seg, or an event was delivered (_mtf_rip None)
+        self._mtf: int | None = None
+        self._mtf_rip: int | None = None
+        self._mtf_seg = -1
+        self._mtf_hook = 0
         self._watchdog = _Watchdog(self.engine)
         self._ctx_key = None
         self._ctx = None
@@ -147,6 +153,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         g = self.engine.guard
         self._code_cb = ffi.CODE_CB(g(self._on_code))
         self._count_cb = ffi.CODE_CB(g(self._on_count))
+        self._mtf_cb = ffi.CODE_CB(g(self._on_mtf_code))
         self._cbs = [
             (ffi.UC.UC_HOOK_INTR, ffi.INTR_CB(g(self._on_intr)), None),
             (ffi.UC.UC_HOOK_INSN_INVALID, ffi.INSN_INVALID_CB(g(self._on_invalid, True)), None),
@@ -276,6 +283,28 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         STI / MOV SS blocking (one-shot)."""
         self._window_irq = on
 
+    def request_mtf(self, on: bool = True, pending: bool = False) -> None:
+        """An MTF event at the instruction boundary after the next instruction, or
+        after the next event delivery, whichever comes first (the boundaries of the
+        SDM's "Monitor Trap Flag"; one-shot: request again after each event).
+        `pending`: at the very next boundary (VM entry injecting a pending MTF VM
+        exit).  A REP string instruction ends at each iteration."""
+        if not on:
+            self._mtf = None
+            if self._mtf_hook:
+                self.engine.del_hook(self._mtf_hook)
+                self._mtf_hook = 0
+            return
+        self._mtf, self._mtf_rip = (1, None) if pending else (0, None)
+        if not self._mtf_hook:
+            # every instruction boundary is seen by a code hook; translated blocks without
+            # it are dropped (now, or at the boundary when a client runs inside a hook)
+            self._mtf_hook = self.engine.add_hook(ffi.UC.UC_HOOK_CODE, self._mtf_cb, 1, 0)
+            if self._in_client:
+                self._tb_flush_pending = True
+            else:
+                self.engine.flush_tb()
+
     def request_nmi_window(self, on: bool = True) -> None:
         """An NMI_WINDOW event at the first boundary without NMI or MOV SS blocking."""
         self._window_nmi = on
@@ -349,6 +378,8 @@ class Machine(StateAccess, MemoryAccess, RunControl):
                 self.delivery.deliver(current, blob, g)
                 blob = g = None
                 self.delivered += 1
+                if self._mtf is not None:         # the boundary after a delivery ends an MTF step
+                    self._mtf, self._mtf_rip = 1, None
                 return None
             except Fault as f:
                 try:

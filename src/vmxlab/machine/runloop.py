@@ -256,6 +256,13 @@ class RunControl:
             self._smc_pending = False
             self.sites.recheck()
             self.flush_tlb()
+        if self._mtf == 1 and self._resume_native is None and self._bp_skip is None \
+                and self.gprs.read()[REG.RIP] != self._mtf_rip:
+            # the started instruction completed here (emulated, or HLT), or an event was
+            # delivered: MTF comes before timers, NMIs and interrupts at this boundary
+            stop = self._mtf_event()
+            if stop is not None:
+                return stop
         now = self.tsc.read()
         self.timer.expire(now)
         if self._tsc_deadline is not None and now >= self._tsc_deadline:
@@ -364,8 +371,50 @@ class RunControl:
             self._hook_stop = True
             self.engine.stop()
 
+    # -- monitor trap flag ----------------------------------------------------------------------
+    def _on_mtf_code(self, uc, address: int, size: int, ud) -> None:
+        """Every instruction boundary while an MTF step is armed.  The first one starts
+        the step; a later one in the same run segment, or at another address, ends it
+        (a REP string iteration re-enters its own address in the segment).  The same
+        address in a new segment is the started instruction run again after a stop
+        before it (a site handed back to unicorn, a breakpoint)."""
+        mtf = self._mtf
+        if self._hook_stop:
+            return
+        if mtf == 0:
+            self._mtf, self._mtf_rip, self._mtf_seg = 1, address, self.segments
+        elif mtf == 1 and (self._mtf_seg == self.segments or address != self._mtf_rip) \
+                and not (address == self._mtf_rip and self._rep_done(address)):
+            self._pending.append(("mtf",))
+            self._hook_stop = True
+            self.engine.stop()
+            return
+        # unicorn may skip the hooks after one that wrote RIP: while this hook exists,
+        # it runs the address's own hook (sites, breakpoints, counting) after the above
+        if self._counting or address in self._code_hooks:
+            self._on_code_body(uc, address, size, ud)
+
+    def _rep_done(self, address: int) -> bool:
+        """A REP string instruction re-entered after its last iteration (QEMU jumps back
+        to the instruction, which then finds the count 0 and ends): not a boundary."""
+        insn = self.decode_at(address)
+        if not (insn.has_rep_prefix or insn.has_repe_prefix or insn.has_repne_prefix) \
+                or not insn.is_string_instruction:
+            return False
+        width = _COUNT_WIDTH.get(insn.memory_base) or _COUNT_WIDTH.get(insn.op0_register) or 64
+        return self.gprs.read()[REG.RCX] & ((1 << width) - 1) == 0
+
+    def _mtf_event(self) -> Stop | None:
+        self._mtf = 0                             # one-shot: the client re-arms (or a VM exit ends it)
+        return self._request_event(Event(Kind.MTF, self.rip))
+
     # -- hooks -------------------------------------------------------------------------------
     def _on_code(self, uc, address: int, size: int, ud) -> None:
+        if self._mtf_hook:
+            return                                # _on_mtf_code runs the body
+        self._on_code_body(uc, address, size, ud)
+
+    def _on_code_body(self, uc, address: int, size: int, ud) -> None:
         if self._hook_stop:
             return
         if self._counting:
@@ -658,6 +707,8 @@ class RunControl:
             return Stop(StopReason.BREAKPOINT, item[1])
         if tag == "syscall":
             return self._syscall()
+        if tag == "mtf":
+            return self._mtf_event() if self._mtf is not None else None
         if tag == "raise":
             raise item[1]
         raise AssertionError(tag)
@@ -754,6 +805,14 @@ class RunControl:
     def _native_hlt(self) -> None:
         g = self.gprs.read()
         after = g[REG.RIP]
+        if self._mtf is not None:
+            # unicorn calls no code hook for HLT: the MTF boundaries around it are found here
+            if self._mtf == 1 and self._mtf_rip != after - 1:
+                g[REG.RIP] = after - 1                # the step ended before the HLT
+                self.gprs.write()
+                self._pending.append(("mtf",))
+                return
+            self._mtf, self._mtf_rip = 1, after - 1   # the HLT is the step's instruction
         if self.subs.wants(Kind.HLT) and self.client is not None and self._resume_native != after - 1:
             g[REG.RIP] = after - 1
             self.gprs.write()
@@ -825,3 +884,6 @@ _INT1 = _I.Mnemonic.INT1
 _STACK_BASES = frozenset({_I.Register.RSP, _I.Register.RBP, _I.Register.ESP, _I.Register.EBP,
                           _I.Register.SP, _I.Register.BP})
 from .intercepts import VMX_KINDS as _VMX_UD  # noqa: E402
+# the count register's width of a string instruction, by the address register it uses
+_COUNT_WIDTH = {_I.Register.RSI: 64, _I.Register.RDI: 64, _I.Register.ESI: 32, _I.Register.EDI: 32,
+                _I.Register.SI: 16, _I.Register.DI: 16}

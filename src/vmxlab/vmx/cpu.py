@@ -380,6 +380,7 @@ class VmxCpu:
         m.second_stage = None
         m.request_interrupt_window(False)
         m.request_nmi_window(False)
+        m.request_mtf(False)
         m.set_tsc_deadline(None)
         kinds = set(VMX_KINDS) if self.vmx.in_vmx else {Kind.VMXON}
         m.intercept(*kinds, exceptions=0)
@@ -559,7 +560,9 @@ class VmxCpu:
             code = v.get(F.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & EV.INTR_INFO_DELIVER_CODE else None
             length = v.get(F.VM_ENTRY_INSTRUCTION_LEN, 0) if itype in (4, 5, 6) else 0
             if itype == EV.INTR_TYPE_OTHER_EVENT:
-                pass                             # MTF pending (vector 0): not modelled, see docs
+                # vector 0: a pending MTF VM exit, "on the instruction boundary before the first
+                # instruction following the VM entry" -- even with the MTF control 0
+                m.request_mtf(True, pending=True)
             else:
                 if m.activity == EV.ACTIVITY_HLT:
                     m.activity = EV.ACTIVITY_ACTIVE
@@ -599,7 +602,8 @@ class VmxCpu:
         self._lazy_ok = not (v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) or v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
                              or v.get(F.VM_EXIT_CONTROLS, 0) & (C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER | MS.EXIT_CHANGES))
         self._hctx = None
-        self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING)
+        self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
+                                         | C.CPU_BASED_MONITOR_TRAP_FLAG)
                                   or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER)
         kinds = {Kind.CPUID, Kind.INVD, Kind.XSETBV, Kind.GETSEC, Kind.TRIPLE_FAULT, *VMX_KINDS}
         kinds |= {Kind.RDMSR, Kind.WRMSR}          # exit or not per MSR: the bitmaps decide
@@ -630,13 +634,14 @@ class VmxCpu:
             kinds.add(Kind.EXTERNAL_INTERRUPT)
         if pin & C.PIN_BASED_NMI_EXITING:
             kinds.add(Kind.NMI)
-        kinds |= {Kind.INTERRUPT_WINDOW, Kind.NMI_WINDOW, Kind.TSC_DEADLINE}
+        kinds |= {Kind.INTERRUPT_WINDOW, Kind.NMI_WINDOW, Kind.TSC_DEADLINE, Kind.MTF}
         bitmap = v.get(F.EXCEPTION_BITMAP, 0)
         if not bitmap >> 14 & 1 and (v.get(F.PAGE_FAULT_ERROR_CODE_MASK, 0) or v.get(F.PAGE_FAULT_ERROR_CODE_MATCH, 0)):
             bitmap |= 1 << 14                     # #PF may exit through the error-code mask/match
         m.intercept(*kinds, exceptions=bitmap)
         m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
         m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
+        m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
         if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
             rate = self.profile.misc & 0x1F
             m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
@@ -736,6 +741,9 @@ class VmxCpu:
             return self._exit(X.NMI_WINDOW, 0, ev.rip)
         if k == Kind.TSC_DEADLINE:
             return self._exit(X.PREEMPTION_TIMER, 0, ev.rip, timer_expired=True)
+        if k == Kind.MTF:
+            # "Monitor Trap Flag": qualification 0; the boundary the machine found
+            return self._exit(X.MONITOR_TRAP_FLAG, 0, ev.rip)
         return Action.NATIVE
 
     # -- helpers of _nonroot ------------------------------------------------------------------
@@ -1255,6 +1263,7 @@ class VmxCpu:
         cpu, _, pin, _ = self._controls(v)
         m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
         m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
+        m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
         if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
             rate = self.profile.misc & 0x1F
             m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
