@@ -611,7 +611,7 @@ class VmxCpu:
             kinds.add(Kind.IO)
         if v.get(F.CR0_GUEST_HOST_MASK, 0) or v.get(F.CR4_GUEST_HOST_MASK, 0) or \
                 cpu & (C.CPU_BASED_CR3_LOAD_EXITING | C.CPU_BASED_CR3_STORE_EXITING |
-                       C.CPU_BASED_CR8_LOAD_EXITING | C.CPU_BASED_CR8_STORE_EXITING):
+                       C.CPU_BASED_CR8_LOAD_EXITING | C.CPU_BASED_CR8_STORE_EXITING | C.CPU_BASED_TPR_SHADOW):
             kinds |= {Kind.MOV_TO_CR, Kind.MOV_FROM_CR, Kind.CLTS, Kind.LMSW}
         if cpu & C.CPU_BASED_MOV_DR_EXITING:
             kinds.add(Kind.MOV_DR)
@@ -833,6 +833,8 @@ class VmxCpu:
                 return Action.NATIVE
             if n == 8 and cpu & C.CPU_BASED_CR8_LOAD_EXITING:
                 return self._instruction_exit(ev, X.CR_ACCESS, qual)
+            if n == 8 and cpu & C.CPU_BASED_TPR_SHADOW:
+                return self._mov_to_vtpr(ev, v, value)
             return Action.NATIVE
         if k == Kind.MOV_FROM_CR:
             n = ev.cr
@@ -846,6 +848,11 @@ class VmxCpu:
                 return self._advance(ev)
             if (n == 3 and cpu & C.CPU_BASED_CR3_STORE_EXITING) or (n == 8 and cpu & C.CPU_BASED_CR8_STORE_EXITING):
                 return self._instruction_exit(ev, X.CR_ACCESS, qual)
+            if n == 8 and cpu & C.CPU_BASED_TPR_SHADOW:
+                # "Virtualizing MOV from CR8": bits 3:0 <- VTPR[7:4], bits 63:4 cleared
+                vtpr = self.m.mem.read(v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80, 1)[0]
+                set_gpr(m, ev.insn.op_register(0), vtpr >> 4)
+                return self._advance(ev)
             return Action.NATIVE
         mask = v.get(F.CR0_GUEST_HOST_MASK, 0)
         shadow = v.get(F.CR0_READ_SHADOW, 0)
@@ -865,6 +872,21 @@ class VmxCpu:
         cur = m.ctrl.read()[REG.CR0]
         new = (cur & ~0xF) | (src & 0xE) | ((cur | src) & AR.CR0_PE)   # LMSW never clears PE
         m.write_cr0((cur & mask) | (new & ~mask))                      # host-owned bits unchanged
+        return self._advance(ev)
+
+    def _mov_to_vtpr(self, ev: Event, v: dict[int, int], value: int) -> Action:
+        """MOV to CR8 with "use TPR shadow" ("Virtualizing MOV to CR8"): #GP(0) for bits
+        63:4 set; VTPR[7:4] <- bits 3:0, VTPR[3:0] and bytes 81H-83H of the virtual-APIC
+        page <- 0; then "TPR Virtualization" (virtual-interrupt delivery is not
+        modelled, so 0): VTPR[7:4] below TPR threshold[3:0] is a trap-like VM exit
+        "TPR below threshold" after the instruction."""
+        if value >> 4:
+            return self._raise(EV.GP, 0, ev.rip)
+        vtpr = (value & 0xF) << 4
+        self.m.mem.write(v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80, struct.pack("<I", vtpr))
+        if vtpr >> 4 < v.get(F.TPR_THRESHOLD, 0) & 0xF:
+            self._advance(ev)
+            return self._exit(X.TPR_BELOW_THRESHOLD, 0, ev.rip + ev.length)
         return self._advance(ev)
 
     def _advance(self, ev: Event) -> Action:
