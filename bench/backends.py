@@ -55,7 +55,19 @@ def _state(cpl: int) -> dict:
     return st
 
 
-class Sim:
+class _Backend:
+    code_len = 0
+
+    def _load_program(self, source: str, cpl: int) -> None:
+        """The program at flat.CODE (over the previous one), a zeroed data page, the state."""
+        code = asm(source, flat.CODE).code
+        self.m.phys_write(flat.CODE, code.ljust(self.code_len, b"\0"))
+        self.code_len = len(code)
+        self.m.phys_write(flat.DATA, bytes(4096))
+        self.m.set_state(_state(cpl))
+
+
+class Sim(_Backend):
     name = "sim"
 
     def __init__(self):
@@ -63,14 +75,9 @@ class Sim:
         self.m = Machine(None, D.RAM)
         D.build_env(self.m)
         self.m.client = lambda m, ev: Action.STOP
-        self.code_len = 0
 
     def load(self, source: str, cpl: int, intercept_io: bool) -> None:
-        code = asm(source, flat.CODE).code
-        self.m.phys_write(flat.CODE, code.ljust(self.code_len, b"\0"))
-        self.code_len = len(code)
-        self.m.phys_write(flat.DATA, bytes(4096))
-        self.m.set_state(_state(cpl))
+        self._load_program(source, cpl)
         self.m.flush_tlb()
         self.m.intercept(*((Kind.IO,) if intercept_io else ()))
 
@@ -88,21 +95,16 @@ class Sim:
         pass
 
 
-class Kvm:
+class Kvm(_Backend):
     name = "kvm"
 
     def __init__(self):
         from vmxlab.kvm import KvmMachine
         self.m = KvmMachine(D.RAM, timeout=600)
         D.build_env(self.m)
-        self.code_len = 0
 
     def load(self, source: str, cpl: int, intercept_io: bool) -> None:
-        code = asm(source, flat.CODE).code
-        self.m.phys_write(flat.CODE, code.ljust(self.code_len, b"\0"))
-        self.code_len = len(code)
-        self.m.phys_write(flat.DATA, bytes(4096))
-        self.m.set_state(_state(cpl))
+        self._load_program(source, cpl)
 
     def exit(self) -> tuple[int, int]:
         e = self.m.run()
