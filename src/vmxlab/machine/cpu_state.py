@@ -45,6 +45,8 @@ _MSR_KEYS = (("GUEST_IA32_DEBUGCTL", M.IA32_DEBUGCTL), ("GUEST_SYSENTER_CS", M.I
 
 
 _KEYSET = frozenset(KEYS)
+# RFLAGS bits in QEMU's translation-block key (cpu_get_tb_cpu_state): IOPL, TF, RF, VM, AC
+_TB_RFLAGS = AR.RFLAGS_IOPL | AR.RFLAGS_TF | AR.RFLAGS_RF | AR.RFLAGS_VM | AR.RFLAGS_AC
 _M64 = (1 << 64) - 1
 _GPR_KEYS = tuple({"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLAGS"}.get(n, n)
                   for n in REG.GPRS_NAMES)
@@ -150,7 +152,8 @@ class StateAccess:
         c[REG.DR6] = s["DR6"] | 0xFFFF0FF0
         c[REG.DR7] = (s["GUEST_DR7"] | 0x400) & ~0xD000
         self.ctrl.write()
-        g = self.gprs.values
+        g = self.gprs.read()
+        old_tb_rflags = g[REG.RFLAGS] & _TB_RFLAGS
         g[:len(_GPR_KEYS)] = _GPR_GET(s)
         g[REG.RFLAGS] |= 2
         self.gprs.write()
@@ -159,6 +162,7 @@ class StateAccess:
         for key, index in io.py_msrs:
             values[index] = s[key] & 0xFFFFFFFF if index == M.IA32_TSC_AUX else s[key]
         blob = self.blob.load()
+        old_hflags = blob.hflags
         caches = [0] * 40
         for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
             ar = s[kar]
@@ -186,7 +190,11 @@ class StateAccess:
         self.cr8 = s["CR8"] & 0xF
         self.activity = s["GUEST_ACTIVITY_STATE"]
         self.pending_debug = s["GUEST_PENDING_DBG_EXCEPTIONS"]
-        self._state_changed(paging_changed)
+        # a mode change (hflags: CPL, CS.L/D, ...; the RFLAGS bits QEMU keys translated
+        # code with) drops unicorn's TLB too, which also empties QEMU's jump cache:
+        # translated code of the old mode must not be reused (a test switches CS.L)
+        self._state_changed(paging_changed or blob.hflags != old_hflags
+                            or g[REG.RFLAGS] & _TB_RFLAGS != old_tb_rflags)
 
     # -- pieces used by other parts of the machine ------------------------------------------
     def cpl(self) -> int:
