@@ -56,6 +56,65 @@ _SEG_KEYS = tuple((_SLOT[seg], f"GUEST_{seg}_SELECTOR", f"GUEST_{seg}_BASE", f"G
                    f"GUEST_{seg}_AR_BYTES") for seg in SEGMENTS)
 
 
+def _segment_items(caches: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+    """The snapshot's segment, GDTR and IDTR items from the blob's ten caches."""
+    out = []
+    for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
+        sel, base, limit, flags = caches[4 * slot:4 * slot + 4]
+        ar = (flags >> 8) & 0xF0FF
+        if not flags & CB.DESC_P:
+            if slot != CB.CS:
+                ar |= 0x10000
+        elif slot == CB.TR and ar & 0x1F in (1, 9):
+            ar |= 2        # QEMU caches the pre-LTR type; a loaded TR is busy ("LTR")
+        out += ((ksel, sel), (kbase, base), (klimit, limit), (kar, ar))
+    out += (("GUEST_GDTR_BASE", caches[4 * CB.GDT + 1]), ("GUEST_GDTR_LIMIT", caches[4 * CB.GDT + 2]),
+            ("GUEST_IDTR_BASE", caches[4 * CB.IDT + 1]), ("GUEST_IDTR_LIMIT", caches[4 * CB.IDT + 2]))
+    return tuple(out)
+
+
+def _cache_values(s: dict[str, int]) -> list[int]:
+    """The blob's ten caches (flat, as ContextBlob.set_caches takes them) from a snapshot."""
+    caches = [0] * 40
+    for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
+        ar = s[kar]
+        flags = (ar & 0xF0FF) << 8
+        if ar & 0x10000:
+            flags &= ~CB.DESC_P
+        caches[4 * slot:4 * slot + 4] = (s[ksel] & 0xFFFF, s[kbase] & _M64, s[klimit] & 0xFFFFFFFF, flags)
+    caches[4 * CB.GDT + 1:4 * CB.GDT + 3] = (s["GUEST_GDTR_BASE"] & _M64, s["GUEST_GDTR_LIMIT"] & 0xFFFFFFFF)
+    caches[4 * CB.IDT + 1:4 * CB.IDT + 3] = (s["GUEST_IDTR_BASE"] & _M64, s["GUEST_IDTR_LIMIT"] & 0xFFFFFFFF)
+    return caches
+
+
+# The conversions above, memoized: a VMX guest and its host switch between a few
+# segment states over and over (pure functions of their input; bounded caches).
+_SEG_MEMO: dict[tuple, tuple] = {}
+_CACHE_MEMO: dict[tuple, list] = {}
+_SEG_INPUT_KEYS = tuple(k for _slot, *keys in _SEG_KEYS for k in keys) + (
+    "GUEST_GDTR_BASE", "GUEST_GDTR_LIMIT", "GUEST_IDTR_BASE", "GUEST_IDTR_LIMIT")
+_SEG_INPUT = operator.itemgetter(*_SEG_INPUT_KEYS)
+
+
+def _segments_of(caches: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+    items = _SEG_MEMO.get(caches)
+    if items is None:
+        if len(_SEG_MEMO) > 64:
+            _SEG_MEMO.clear()
+        items = _SEG_MEMO[caches] = _segment_items(caches)
+    return items
+
+
+def _caches_of(s: dict[str, int]) -> list[int]:
+    key = _SEG_INPUT(s)
+    caches = _CACHE_MEMO.get(key)
+    if caches is None:
+        if len(_CACHE_MEMO) > 64:
+            _CACHE_MEMO.clear()
+        caches = _CACHE_MEMO[key] = _cache_values(s)
+    return caches
+
+
 class StateAccess:
     """Mixin of Machine: get_state / set_state."""
 
@@ -69,21 +128,7 @@ class StateAccess:
             s["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
         s.update(zip(_CTRL_KEYS, c))
         s["CR8"] = self.cr8
-        caches = blob.caches()
-        for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
-            sel, base, limit, flags = caches[4 * slot:4 * slot + 4]
-            ar = (flags >> 8) & 0xF0FF
-            if not flags & CB.DESC_P:
-                if slot != CB.CS:
-                    ar |= 0x10000
-            elif slot == CB.TR and ar & 0x1F in (1, 9):
-                ar |= 2        # QEMU caches the pre-LTR type; a loaded TR is busy ("LTR")
-            s[ksel] = sel
-            s[kbase] = base
-            s[klimit] = limit
-            s[kar] = ar
-        s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"] = caches[4 * CB.GDT + 1:4 * CB.GDT + 3]
-        s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"] = caches[4 * CB.IDT + 1:4 * CB.IDT + 3]
+        s.update(_segments_of(blob.caches()))
         intr = 0
         if blob.hflags & CB.HF_INHIBIT_IRQ:
             intr |= EV.INTERRUPTIBILITY_STI if s["GUEST_RFLAGS"] & AR.RFLAGS_IF else EV.INTERRUPTIBILITY_MOV_SS
@@ -163,16 +208,7 @@ class StateAccess:
             values[index] = s[key] & 0xFFFFFFFF if index == M.IA32_TSC_AUX else s[key]
         blob = self.blob.load()
         old_hflags = blob.hflags
-        caches = [0] * 40
-        for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
-            ar = s[kar]
-            flags = (ar & 0xF0FF) << 8
-            if ar & 0x10000:
-                flags &= ~CB.DESC_P
-            caches[4 * slot:4 * slot + 4] = (s[ksel] & 0xFFFF, s[kbase] & _M64, s[klimit] & 0xFFFFFFFF, flags)
-        caches[4 * CB.GDT + 1:4 * CB.GDT + 3] = (s["GUEST_GDTR_BASE"] & _M64, s["GUEST_GDTR_LIMIT"] & 0xFFFFFFFF)
-        caches[4 * CB.IDT + 1:4 * CB.IDT + 3] = (s["GUEST_IDTR_BASE"] & _M64, s["GUEST_IDTR_LIMIT"] & 0xFFFFFFFF)
-        blob.set_caches(caches)
+        blob.set_caches(_caches_of(s))
         blob.set_efer(efer)
         blob.recompute_segment_hflags(cr0, g[REG.RFLAGS])
         intr = s["GUEST_INTERRUPTIBILITY_INFO"]
