@@ -60,7 +60,7 @@ from . import exit_info as XI
 from . import transfer as T
 from .unmodelled import refuse as refuse_unmodelled
 from .bitmaps import io_exits, msr_exits
-from .instructions import INVALID_POINTER, Context, Outcome, VmxState
+from .instructions import INVALID_POINTER, SUCCEED, Context, Outcome, VmxState
 
 _OK = I.OpKind
 _VALID = EV.INTR_INFO_VALID
@@ -186,6 +186,7 @@ class VmxCpu:
         self._lazy_ok = False
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
+        self._vmrw_plans: dict[int, tuple] = {}   # RIP -> VMREAD/VMWRITE operand plan (_vmrw_fast)
         # switched MSRs every VM exit saves on this processor (arch.msr_switch)
         self._saved_msrs = T.saved_msrs(self.profile.allowed("VM_ENTRY_CONTROLS")[1],
                                         self.profile.allowed("VM_EXIT_CONTROLS")[1])
@@ -400,12 +401,68 @@ class VmxCpu:
             return Action.NATIVE
         if k == Kind.VMFUNC:
             return Action.NATIVE                      # #UD outside non-root operation
+        if (k is Kind.VMREAD or k is Kind.VMWRITE) and self._vmrw_fast(ev):
+            return Action.DONE
         ctx = self.context()
         insn = ev.insn
         out = self._execute(k, ctx, insn)
         if out is None:                               # VM entry performed (or failed into host)
             return Action.DONE
         return self._finish_insn(out, ev)
+
+    def _vmrw_fast(self, ev: Event) -> bool:
+        """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 with a current VMCS
+        and a supported field: the usual case of the VMREAD/VMWRITE operation, done
+        here without the general path's context, operand and outcome objects.
+        False (nothing done) for anything else: the general path decides."""
+        insn = ev.insn
+        plan = self._vmrw_plans.get(ev.rip)
+        if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
+            plan = self._vmrw_plan(ev)
+        if plan[1] is None or self._lazy is not None:
+            return False
+        vmx, m = self.vmx, self.m
+        cur = vmx.current_vmcs
+        if cur is None or not vmx.in_vmx:
+            return False
+        hf = m.blob.load().hflags
+        if not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:   # #UD outside 64-bit mode, #GP at CPL > 0
+            return False
+        _insn, reading, a, b = plan
+        g = m.gprs.read()
+        enc = g[b] if reading else g[a]
+        if reading:                                      # VMREAD r/m64 (a), r64 (b)
+            if self._supported.get(enc) is None:
+                return False
+            value = cur.values.get(enc, cur.default)
+            if value is None:
+                return False
+            g[a] = value & 0xFFFFFFFFFFFFFFFF
+        else:                                            # VMWRITE r64 (a), r/m64 (b)
+            mask = self._writable.get(enc)
+            if mask is None:
+                return False
+            cur.values[enc] = g[b] & mask
+            if self._dirty is not None:
+                self._dirty.add(enc)
+        g[REG.RFLAGS] = SUCCEED.rflags(g[REG.RFLAGS])     # VMsucceed
+        g[REG.RIP] = (ev.rip + ev.length) & 0xFFFFFFFFFFFFFFFF
+        m.gprs.write()
+        return True
+
+    def _vmrw_plan(self, ev: Event):
+        """(insn, reading, operand 0 GPR index, operand 1 GPR index) of a VMREAD/VMWRITE
+        with two 64-bit register operands, else (insn, None, 0, 0)."""
+        insn = ev.insn
+        plan = (insn, None, 0, 0)
+        if insn.op_count == 2 and insn.op0_kind == _OK.REGISTER and insn.op1_kind == _OK.REGISTER:
+            r0, r1 = REG.ICED_GPR.get(insn.op0_register), REG.ICED_GPR.get(insn.op1_register)
+            if r0 is not None and r1 is not None and r0[1:] == (8, 0) and r1[1:] == (8, 0):
+                plan = (insn, ev.kind is Kind.VMREAD, r0[0], r1[0])
+        if len(self._vmrw_plans) > 1024:
+            self._vmrw_plans.clear()
+        self._vmrw_plans[ev.rip] = plan
+        return plan
 
     def _execute(self, k: Kind, ctx: Context, insn) -> Outcome | None:
         m = self.m
@@ -1118,7 +1175,7 @@ class VmxCpu:
     def _save_state_into(self, state: dict[str, int], v: dict[int, int]) -> None:
         """"Saving Guest State" into the VMCS; the fields whose values change join the
         dirty set (the next VM entry re-runs the checks that read them)."""
-        before = [v.get(enc) for enc in _SAVED_FIELDS]
+        before = list(map(v.get, _SAVED_FIELDS))
         T.save_guest(state, v, v.get(F.VM_EXIT_CONTROLS, 0), store_lma=bool(self.profile.misc >> 5 & 1))
         T.save_guest_msrs(v, self._saved_msrs, self.m.msrs.peek)
         if self._ept is not None and self.m.pdptes is not None:
@@ -1126,9 +1183,10 @@ class VmxCpu:
                 v[F.GUEST_PDPTR0 + 2 * i] = pdpte
         dirty = self._dirty
         if dirty is not None:
-            for enc, old in zip(_SAVED_FIELDS, before):
-                if v.get(enc) != old:
-                    dirty.add(enc)
+            after = list(map(v.get, _SAVED_FIELDS))
+            if after != before:
+                # (set difference of (encoding, value) pairs: C-level over ~100 fields)
+                dirty.update([enc for enc, _ in set(zip(_SAVED_FIELDS, after)) - set(zip(_SAVED_FIELDS, before))])
 
     def materialize(self) -> None:
         """Finish a lazy exit: save the guest state into the VMCS and load the host
