@@ -81,6 +81,11 @@ _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUE
                                      F.GUEST_PDPTR2, F.GUEST_PDPTR3, F.VMX_PREEMPTION_TIMER_VALUE,
                                      *MS.GUEST_FIELDS)))
 _UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
+# the fields _nonroot_subscription reads
+_SUBSCRIPTION_INPUT = (F.CPU_BASED_VM_EXEC_CONTROL, F.SECONDARY_VM_EXEC_CONTROL, F.PIN_BASED_VM_EXEC_CONTROL,
+                       F.CR0_GUEST_HOST_MASK, F.CR4_GUEST_HOST_MASK, F.EXCEPTION_BITMAP,
+                       F.PAGE_FAULT_ERROR_CODE_MASK, F.PAGE_FAULT_ERROR_CODE_MATCH)
+_SUBSCRIPTION_ZEROS = (0,) * len(_SUBSCRIPTION_INPUT)
 
 
 class VmxFail(Exception):
@@ -187,6 +192,7 @@ class VmxCpu:
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
         self._vmrw_plans: dict[int, tuple] = {}   # RIP -> VMREAD/VMWRITE operand plan (_vmrw_fast)
+        self._subscriptions: dict[tuple, tuple] = {}   # _nonroot_subscription by its inputs
         # switched MSRs every VM exit saves on this processor (arch.msr_switch)
         self._saved_msrs = T.saved_msrs(self.profile.allowed("VM_ENTRY_CONTROLS")[1],
                                         self.profile.allowed("VM_EXIT_CONTROLS")[1])
@@ -662,6 +668,39 @@ class VmxCpu:
         self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
                                          | C.CPU_BASED_MONITOR_TRAP_FLAG)
                                   or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER)
+        key = tuple(map(v.get, _SUBSCRIPTION_INPUT, _SUBSCRIPTION_ZEROS))
+        subscription = self._subscriptions.get(key)
+        if subscription is None:
+            if len(self._subscriptions) > 64:
+                self._subscriptions.clear()
+            subscription = self._subscriptions[key] = self._nonroot_subscription(v, cpu, sec, pin)
+        kinds, bitmap = subscription
+        m.intercept(*kinds, exceptions=bitmap)
+        m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
+        m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
+        m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
+        if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
+            rate = self.profile.misc & 0x1F
+            m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
+        else:
+            m.set_tsc_deadline(None)
+        if sec & C.SECONDARY_EXEC_ENABLE_EPT:
+            self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
+            m.set_second_stage(self._second_stage, tag=self._ept)
+        else:
+            self._ept = None
+            m.second_stage = None
+        # In VMX non-root operation CR0/CR4 fixed bits apply to the guest's values
+        # ("Changes to Instruction Behavior": unrestricted guest relaxes PE and PG).
+        f0 = self.profile.cr0_fixed0
+        if sec & C.SECONDARY_EXEC_UNRESTRICTED_GUEST:
+            f0 &= ~(AR.CR0_PE | AR.CR0_PG)
+        m.cr0_fixed = (f0, self.profile.cr0_fixed1)
+        m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+
+    def _nonroot_subscription(self, v: dict[int, int], cpu: int, sec: int, pin: int) -> tuple[tuple, int]:
+        """(kinds, exception bitmap) to intercept in non-root operation under these
+        controls (a function of the _SUBSCRIPTION_INPUT fields: memoized)."""
         kinds = {Kind.CPUID, Kind.INVD, Kind.XSETBV, Kind.GETSEC, Kind.TRIPLE_FAULT, *VMX_KINDS}
         kinds |= {Kind.RDMSR, Kind.WRMSR}          # exit or not per MSR: the bitmaps decide
         if cpu & (C.CPU_BASED_UNCOND_IO_EXITING | C.CPU_BASED_USE_IO_BITMAPS):
@@ -695,28 +734,7 @@ class VmxCpu:
         bitmap = v.get(F.EXCEPTION_BITMAP, 0)
         if not bitmap >> 14 & 1 and (v.get(F.PAGE_FAULT_ERROR_CODE_MASK, 0) or v.get(F.PAGE_FAULT_ERROR_CODE_MATCH, 0)):
             bitmap |= 1 << 14                     # #PF may exit through the error-code mask/match
-        m.intercept(*kinds, exceptions=bitmap)
-        m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
-        m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
-        m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
-        if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
-            rate = self.profile.misc & 0x1F
-            m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
-        else:
-            m.set_tsc_deadline(None)
-        if sec & C.SECONDARY_EXEC_ENABLE_EPT:
-            self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
-            m.set_second_stage(self._second_stage, tag=self._ept)
-        else:
-            self._ept = None
-            m.second_stage = None
-        # In VMX non-root operation CR0/CR4 fixed bits apply to the guest's values
-        # ("Changes to Instruction Behavior": unrestricted guest relaxes PE and PG).
-        f0 = self.profile.cr0_fixed0
-        if sec & C.SECONDARY_EXEC_UNRESTRICTED_GUEST:
-            f0 &= ~(AR.CR0_PE | AR.CR0_PG)
-        m.cr0_fixed = (f0, self.profile.cr0_fixed1)
-        m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+        return tuple(kinds), bitmap
 
     def _nonroot(self, ev: Event) -> Action:
         k = ev.kind

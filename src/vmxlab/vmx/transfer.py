@@ -123,6 +123,31 @@ def host_segment_ar(selector: int, code: bool, long_mode: bool) -> int:
     return 0x3 | S.AR_S | S.AR_P | S.AR_DB | S.AR_G        # type 3, S, DPL 0, P, D/B, G
 
 
+def _host_segments(v: dict[int, int], long_mode: bool) -> tuple[tuple[str, int], ...]:
+    """The snapshot items of ES..GS and TR after "Loading Host State"."""
+    h = {}
+    for seg, enc, (ksel, kbase, klimit, kar) in _HOST_SEG:
+        sel = v.get(enc, 0)
+        h[ksel] = sel
+        if seg == "TR":
+            h[kbase], h[klimit] = v.get(F.HOST_TR_BASE, 0), 0x67
+            h[kar] = S.TYPE_TSS_BUSY | S.AR_P                  # busy TSS, S = 0, DPL 0, P
+            continue
+        h[kar] = host_segment_ar(sel, seg == "CS", long_mode)
+        h[klimit] = 0xFFFFFFFF
+        if seg in ("FS", "GS"):
+            h[kbase] = v.get(F.HOST_FS_BASE if seg == "FS" else F.HOST_GS_BASE, 0)
+        else:
+            h[kbase] = 0
+    return tuple(h.items())
+
+
+# _host_segments memoized by what it reads (an exit loads the same host segments each time)
+_HOST_SEG_INPUT = (*(enc for _s, enc, _k in _HOST_SEG), F.HOST_TR_BASE, F.HOST_FS_BASE, F.HOST_GS_BASE)
+_HOST_SEG_ZEROS = (0,) * len(_HOST_SEG_INPUT)
+_HOST_SEG_MEMO: dict[tuple, tuple] = {}
+
+
 def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict[str, int]:
     """The processor state after "Loading Host State" (before the VM-exit MSR-load area)."""
     h = dict(state)
@@ -146,19 +171,13 @@ def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict
         h["GUEST_IA32_EFER"] = efer | ((M.EFER_LMA | M.EFER_LME) if long_mode else 0)
     if exit_ctl & C.VM_EXIT_LOAD_IA32_PAT:
         h["GUEST_IA32_PAT"] = v.get(F.HOST_IA32_PAT, 0)
-    for seg, enc, (ksel, kbase, klimit, kar) in _HOST_SEG:
-        sel = v.get(enc, 0)
-        h[ksel] = sel
-        if seg == "TR":
-            h[kbase], h[klimit] = v.get(F.HOST_TR_BASE, 0), 0x67
-            h[kar] = S.TYPE_TSS_BUSY | S.AR_P                  # busy TSS, S = 0, DPL 0, P
-            continue
-        h[kar] = host_segment_ar(sel, seg == "CS", long_mode)
-        h[klimit] = 0xFFFFFFFF
-        if seg in ("FS", "GS"):
-            h[kbase] = v.get(F.HOST_FS_BASE if seg == "FS" else F.HOST_GS_BASE, 0)
-        else:
-            h[kbase] = 0
+    key = (long_mode, *map(v.get, _HOST_SEG_INPUT, _HOST_SEG_ZEROS))
+    items = _HOST_SEG_MEMO.get(key)
+    if items is None:
+        if len(_HOST_SEG_MEMO) > 64:
+            _HOST_SEG_MEMO.clear()
+        items = _HOST_SEG_MEMO[key] = _host_segments(v, long_mode)
+    h.update(items)
     h["GUEST_LDTR_SELECTOR"], h["GUEST_LDTR_BASE"], h["GUEST_LDTR_LIMIT"] = 0, 0, 0
     h["GUEST_LDTR_AR_BYTES"] = S.AR_UNUSABLE
     h["GUEST_GDTR_BASE"], h["GUEST_GDTR_LIMIT"] = v.get(F.HOST_GDTR_BASE, 0), 0xFFFF
