@@ -546,9 +546,12 @@ class VmxCpu:
         vmcs = v.current_vmcs
         instruction = "vmlaunch" if launch else "vmresume"
         dirty = self._dirty
+        controls_checked = False
         if dirty is not None and not launch and self._dirty_key == (id(vmcs), ctx.efer_lma) \
                 and vmcs.launch_state == "launched" and not ctx.mov_ss_blocking:
             self.quick_checks += 1
+            # the last entry with this VMCS succeeded: unchanged controls were refused nothing
+            controls_checked = dirty.isdisjoint(_CONTROL_FIELDS)
             result = check_changed(vmcs, self.profile, dirty, memory=self._read_host_or_none,
                                    host_lma=ctx.efer_lma, vmcs_pointer=v.current)
         else:
@@ -567,7 +570,7 @@ class VmxCpu:
             self._entry_failure(result.exit_reason, result.qualification)
             return
         self._host_lma_of_entry = ctx.efer_lma
-        self._load_guest_and_enter(vmcs, launch)
+        self._load_guest_and_enter(vmcs, launch, controls_checked)
 
     def _instruction_result(self, out: Outcome, python: bool, insn_length: int) -> None:
         if python:
@@ -586,9 +589,10 @@ class VmxCpu:
         mem = self.m.mem
         return mem.read(address, size) if mem.contains(address, size) else None
 
-    def _load_guest_and_enter(self, vmcs: Vmcs, launch: bool) -> None:
+    def _load_guest_and_enter(self, vmcs: Vmcs, launch: bool, controls_checked: bool = False) -> None:
         m, v = self.m, vmcs.values
-        refuse_unmodelled(v)
+        if not controls_checked:
+            refuse_unmodelled(v)
         if len(v) < len(F.FIELDS):                # every encoding present: the checker's fast path
             for f in F.FIELDS:
                 v.setdefault(f.encoding, 0)
