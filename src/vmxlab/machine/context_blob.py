@@ -106,6 +106,9 @@ class BlobLayout:
     efer: int = 0
 
 
+_U32 = struct.Struct("<I").unpack_from
+
+
 class ContextBlob:
     """A preallocated unicorn context bound to one engine, with typed accessors."""
 
@@ -148,7 +151,7 @@ class ContextBlob:
     # -- named fields ----------------------------------------------------------------
     @property
     def hflags(self) -> int:
-        return self.u32(self.layout.hflags)
+        return _U32(self.mv, self.layout.hflags)[0]       # (read on every hot path)
 
     @hflags.setter
     def hflags(self, value: int) -> None:

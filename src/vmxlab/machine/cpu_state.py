@@ -45,6 +45,8 @@ _MSR_KEYS = (("GUEST_IA32_DEBUGCTL", M.IA32_DEBUGCTL), ("GUEST_SYSENTER_CS", M.I
 
 
 _KEYSET = frozenset(KEYS)
+# RFLAGS bits in QEMU's translation-block key (cpu_get_tb_cpu_state): IOPL, TF, RF, VM, AC
+_TB_RFLAGS = AR.RFLAGS_IOPL | AR.RFLAGS_TF | AR.RFLAGS_RF | AR.RFLAGS_VM | AR.RFLAGS_AC
 _M64 = (1 << 64) - 1
 _GPR_KEYS = tuple({"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLAGS"}.get(n, n)
                   for n in REG.GPRS_NAMES)
@@ -52,6 +54,65 @@ _GPR_GET = operator.itemgetter(*_GPR_KEYS)
 _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
 _SEG_KEYS = tuple((_SLOT[seg], f"GUEST_{seg}_SELECTOR", f"GUEST_{seg}_BASE", f"GUEST_{seg}_LIMIT",
                    f"GUEST_{seg}_AR_BYTES") for seg in SEGMENTS)
+
+
+def _segment_items(caches: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+    """The snapshot's segment, GDTR and IDTR items from the blob's ten caches."""
+    out = []
+    for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
+        sel, base, limit, flags = caches[4 * slot:4 * slot + 4]
+        ar = (flags >> 8) & 0xF0FF
+        if not flags & CB.DESC_P:
+            if slot != CB.CS:
+                ar |= 0x10000
+        elif slot == CB.TR and ar & 0x1F in (1, 9):
+            ar |= 2        # QEMU caches the pre-LTR type; a loaded TR is busy ("LTR")
+        out += ((ksel, sel), (kbase, base), (klimit, limit), (kar, ar))
+    out += (("GUEST_GDTR_BASE", caches[4 * CB.GDT + 1]), ("GUEST_GDTR_LIMIT", caches[4 * CB.GDT + 2]),
+            ("GUEST_IDTR_BASE", caches[4 * CB.IDT + 1]), ("GUEST_IDTR_LIMIT", caches[4 * CB.IDT + 2]))
+    return tuple(out)
+
+
+def _cache_values(s: dict[str, int]) -> list[int]:
+    """The blob's ten caches (flat, as ContextBlob.set_caches takes them) from a snapshot."""
+    caches = [0] * 40
+    for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
+        ar = s[kar]
+        flags = (ar & 0xF0FF) << 8
+        if ar & 0x10000:
+            flags &= ~CB.DESC_P
+        caches[4 * slot:4 * slot + 4] = (s[ksel] & 0xFFFF, s[kbase] & _M64, s[klimit] & 0xFFFFFFFF, flags)
+    caches[4 * CB.GDT + 1:4 * CB.GDT + 3] = (s["GUEST_GDTR_BASE"] & _M64, s["GUEST_GDTR_LIMIT"] & 0xFFFFFFFF)
+    caches[4 * CB.IDT + 1:4 * CB.IDT + 3] = (s["GUEST_IDTR_BASE"] & _M64, s["GUEST_IDTR_LIMIT"] & 0xFFFFFFFF)
+    return caches
+
+
+# The conversions above, memoized: a VMX guest and its host switch between a few
+# segment states over and over (pure functions of their input; bounded caches).
+_SEG_MEMO: dict[tuple, tuple] = {}
+_CACHE_MEMO: dict[tuple, list] = {}
+_SEG_INPUT_KEYS = tuple(k for _slot, *keys in _SEG_KEYS for k in keys) + (
+    "GUEST_GDTR_BASE", "GUEST_GDTR_LIMIT", "GUEST_IDTR_BASE", "GUEST_IDTR_LIMIT")
+_SEG_INPUT = operator.itemgetter(*_SEG_INPUT_KEYS)
+
+
+def _segments_of(caches: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
+    items = _SEG_MEMO.get(caches)
+    if items is None:
+        if len(_SEG_MEMO) > 64:
+            _SEG_MEMO.clear()
+        items = _SEG_MEMO[caches] = _segment_items(caches)
+    return items
+
+
+def _caches_of(s: dict[str, int]) -> list[int]:
+    key = _SEG_INPUT(s)
+    caches = _CACHE_MEMO.get(key)
+    if caches is None:
+        if len(_CACHE_MEMO) > 64:
+            _CACHE_MEMO.clear()
+        caches = _CACHE_MEMO[key] = _cache_values(s)
+    return caches
 
 
 class StateAccess:
@@ -67,21 +128,7 @@ class StateAccess:
             s["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
         s.update(zip(_CTRL_KEYS, c))
         s["CR8"] = self.cr8
-        caches = blob.caches()
-        for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
-            sel, base, limit, flags = caches[4 * slot:4 * slot + 4]
-            ar = (flags >> 8) & 0xF0FF
-            if not flags & CB.DESC_P:
-                if slot != CB.CS:
-                    ar |= 0x10000
-            elif slot == CB.TR and ar & 0x1F in (1, 9):
-                ar |= 2        # QEMU caches the pre-LTR type; a loaded TR is busy ("LTR")
-            s[ksel] = sel
-            s[kbase] = base
-            s[klimit] = limit
-            s[kar] = ar
-        s["GUEST_GDTR_BASE"], s["GUEST_GDTR_LIMIT"] = caches[4 * CB.GDT + 1:4 * CB.GDT + 3]
-        s["GUEST_IDTR_BASE"], s["GUEST_IDTR_LIMIT"] = caches[4 * CB.IDT + 1:4 * CB.IDT + 3]
+        s.update(_segments_of(blob.caches()))
         intr = 0
         if blob.hflags & CB.HF_INHIBIT_IRQ:
             intr |= EV.INTERRUPTIBILITY_STI if s["GUEST_RFLAGS"] & AR.RFLAGS_IF else EV.INTERRUPTIBILITY_MOV_SS
@@ -150,7 +197,8 @@ class StateAccess:
         c[REG.DR6] = s["DR6"] | 0xFFFF0FF0
         c[REG.DR7] = (s["GUEST_DR7"] | 0x400) & ~0xD000
         self.ctrl.write()
-        g = self.gprs.values
+        g = self.gprs.read()
+        old_tb_rflags = g[REG.RFLAGS] & _TB_RFLAGS
         g[:len(_GPR_KEYS)] = _GPR_GET(s)
         g[REG.RFLAGS] |= 2
         self.gprs.write()
@@ -159,16 +207,8 @@ class StateAccess:
         for key, index in io.py_msrs:
             values[index] = s[key] & 0xFFFFFFFF if index == M.IA32_TSC_AUX else s[key]
         blob = self.blob.load()
-        caches = [0] * 40
-        for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
-            ar = s[kar]
-            flags = (ar & 0xF0FF) << 8
-            if ar & 0x10000:
-                flags &= ~CB.DESC_P
-            caches[4 * slot:4 * slot + 4] = (s[ksel] & 0xFFFF, s[kbase] & _M64, s[klimit] & 0xFFFFFFFF, flags)
-        caches[4 * CB.GDT + 1:4 * CB.GDT + 3] = (s["GUEST_GDTR_BASE"] & _M64, s["GUEST_GDTR_LIMIT"] & 0xFFFFFFFF)
-        caches[4 * CB.IDT + 1:4 * CB.IDT + 3] = (s["GUEST_IDTR_BASE"] & _M64, s["GUEST_IDTR_LIMIT"] & 0xFFFFFFFF)
-        blob.set_caches(caches)
+        old_hflags = blob.hflags
+        blob.set_caches(_caches_of(s))
         blob.set_efer(efer)
         blob.recompute_segment_hflags(cr0, g[REG.RFLAGS])
         intr = s["GUEST_INTERRUPTIBILITY_INFO"]
@@ -186,7 +226,11 @@ class StateAccess:
         self.cr8 = s["CR8"] & 0xF
         self.activity = s["GUEST_ACTIVITY_STATE"]
         self.pending_debug = s["GUEST_PENDING_DBG_EXCEPTIONS"]
-        self._state_changed(paging_changed)
+        # a mode change (hflags: CPL, CS.L/D, ...; the RFLAGS bits QEMU keys translated
+        # code with) drops unicorn's TLB too, which also empties QEMU's jump cache:
+        # translated code of the old mode must not be reused (a test switches CS.L)
+        self._state_changed(paging_changed or blob.hflags != old_hflags
+                            or g[REG.RFLAGS] & _TB_RFLAGS != old_tb_rflags)
 
     # -- pieces used by other parts of the machine ------------------------------------------
     def cpl(self) -> int:

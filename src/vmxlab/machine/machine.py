@@ -80,7 +80,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self.engine.map_host(0, memory_size, self.mem.host_address)
         h = self.engine.handle
         self.gprs = ffi.RegBatch(h, REG.GPRS_IDS)
-        self.ctrl = ffi.RegBatch(h, REG.CONTROL_IDS)
+        self.ctrl = ffi.RegBatch(h, REG.CONTROL_IDS, read_only=REG.PAGING_IDS)
         self._fillregs = ffi.RegBatch(h, REG.FILL_IDS)
         self.tsc = VirtualTsc(tsc_hz)
         self.cpuid = CpuidModel(self.profile, tsc_hz)

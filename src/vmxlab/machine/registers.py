@@ -31,6 +31,9 @@ CONTROL_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR2, X.UC_X86_REG_CR3, X.UC_X86_RE
                X.UC_X86_REG_DR0, X.UC_X86_REG_DR1, X.UC_X86_REG_DR2, X.UC_X86_REG_DR3,
                X.UC_X86_REG_DR6, X.UC_X86_REG_DR7)
 CR0, CR2, CR3, CR4, DR0, DR1, DR2, DR3, DR6, DR7 = range(10)
+# CONTROL registers that the CONTROL batch reads but never writes (each has its own
+# write path with QEMU's side effects: TLB flushes, mode changes)
+PAGING_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
 
 # What the TLB fill needs, in one batch.
 FILL_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS,

@@ -95,7 +95,9 @@ class _Watchdog:
     """Calls uc_emu_stop when a host deadline passes during a run segment.
 
     One thread per machine, started on the first armed deadline and ending after
-    a second without one (so that dropped machines are not kept alive)."""
+    a second without one (so that dropped machines are not kept alive).  It sleeps
+    until the deadline (or until re-armed) instead of polling: a thread that wakes
+    up often takes the GIL from the running machine at every ctypes call and hook."""
 
     IDLE_EXIT = 1.0
 
@@ -104,52 +106,43 @@ class _Watchdog:
         self.deadline: float | None = None
         self.running = False
         self.fired = False
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
 
     def _loop(self) -> None:
-        while True:
-            if not self._wake.wait(self.IDLE_EXIT):
-                with self._lock:
-                    if not self.running:
+        cond = self._cond
+        with cond:
+            while True:
+                if not self.running or self.deadline is None:
+                    if not cond.wait(self.IDLE_EXIT) and not self.running:
                         self._thread = None
                         return
-                continue
-            while True:
-                with self._lock:
-                    d, running = self.deadline, self.running
-                if d is None or not running:
-                    self._wake.clear()
-                    break
-                delay = d - time.perf_counter()
-                if delay > 0:
-                    time.sleep(min(delay, 0.0005))
                     continue
-                with self._lock:
-                    if self.running and self.deadline is not None and time.perf_counter() >= self.deadline:
-                        self.fired = True
-                        self.engine.stop()
-                time.sleep(0.0002)
+                delay = self.deadline - time.perf_counter()
+                if delay > 0:
+                    cond.wait(delay)
+                    continue
+                self.fired = True
+                self.engine.stop()
+                cond.wait(0.0002)            # stop again while the segment still runs
 
     def arm(self, deadline: float | None) -> None:
-        with self._lock:
+        with self._cond:
             self.deadline = deadline
             self.running = deadline is not None
             self.fired = False
             start = deadline is not None and self._thread is None
             if start:
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="vmxlab-watchdog")
-        if start:
-            self._thread.start()
-        if deadline is not None:
-            self._wake.set()
+                self._thread.start()
+            self._cond.notify()
 
     def disarm(self) -> bool:
-        with self._lock:
+        with self._cond:
             self.running = False
             self.deadline = None
             fired, self.fired = self.fired, False
+            self._cond.notify()
         return fired
 
 

@@ -98,7 +98,7 @@ class RegBatch:
     __slots__ = ("_h", "ids", "values", "_ptrs", "_n", "_pc", "_pc_ptr", "_read", "_write", "_write_pc",
                  "pc_writes")
 
-    def __init__(self, handle, ids: Sequence[int]):
+    def __init__(self, handle, ids: Sequence[int], read_only: Sequence[int] = ()):
         n = len(ids)
         self._h = handle
         self._n = c_int(n)
@@ -109,7 +109,12 @@ class RegBatch:
         self._pc = list(ids).index(X.UC_X86_REG_RIP) if X.UC_X86_REG_RIP in ids else -1
         self._pc_ptr = c_void_p(base + 8 * self._pc) if self._pc >= 0 else None
         self._read = functools.partial(_read_batch, handle, self.ids, self._ptrs, self._n)
-        self._write = functools.partial(_write_batch, handle, self.ids, self._ptrs, self._n)
+        # `read_only` registers are left out of write(): writing CR3 (even unchanged)
+        # makes QEMU flush its whole TLB, and CR0/CR4 writes have side effects too
+        w = [i for i, r in enumerate(ids) if r not in read_only]
+        wids = (c_int * len(w))(*[ids[i] for i in w])
+        wptrs = (c_void_p * len(w))(*[base + 8 * i for i in w])
+        self._write = functools.partial(_write_batch, handle, wids, wptrs, c_int(len(w)))
         self._write_pc = functools.partial(_reg_write, handle, _RIP_ID, self._pc_ptr) if self._pc >= 0 else None
         self.pc_writes = 0
 

@@ -60,7 +60,7 @@ from . import exit_info as XI
 from . import transfer as T
 from .unmodelled import refuse as refuse_unmodelled
 from .bitmaps import io_exits, msr_exits
-from .instructions import INVALID_POINTER, Context, Outcome, VmxState
+from .instructions import INVALID_POINTER, SUCCEED, Context, Outcome, VmxState
 
 _OK = I.OpKind
 _VALID = EV.INTR_INFO_VALID
@@ -81,6 +81,11 @@ _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUE
                                      F.GUEST_PDPTR2, F.GUEST_PDPTR3, F.VMX_PREEMPTION_TIMER_VALUE,
                                      *MS.GUEST_FIELDS)))
 _UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
+# the fields _nonroot_subscription reads
+_SUBSCRIPTION_INPUT = (F.CPU_BASED_VM_EXEC_CONTROL, F.SECONDARY_VM_EXEC_CONTROL, F.PIN_BASED_VM_EXEC_CONTROL,
+                       F.CR0_GUEST_HOST_MASK, F.CR4_GUEST_HOST_MASK, F.EXCEPTION_BITMAP,
+                       F.PAGE_FAULT_ERROR_CODE_MASK, F.PAGE_FAULT_ERROR_CODE_MATCH)
+_SUBSCRIPTION_ZEROS = (0,) * len(_SUBSCRIPTION_INPUT)
 
 
 class VmxFail(Exception):
@@ -186,6 +191,8 @@ class VmxCpu:
         self._lazy_ok = False
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
+        self._vmrw_plans: dict[int, tuple] = {}   # RIP -> VMREAD/VMWRITE operand plan (_vmrw_fast)
+        self._subscriptions: dict[tuple, tuple] = {}   # _nonroot_subscription by its inputs
         # switched MSRs every VM exit saves on this processor (arch.msr_switch)
         self._saved_msrs = T.saved_msrs(self.profile.allowed("VM_ENTRY_CONTROLS")[1],
                                         self.profile.allowed("VM_EXIT_CONTROLS")[1])
@@ -400,12 +407,68 @@ class VmxCpu:
             return Action.NATIVE
         if k == Kind.VMFUNC:
             return Action.NATIVE                      # #UD outside non-root operation
+        if (k is Kind.VMREAD or k is Kind.VMWRITE) and self._vmrw_fast(ev):
+            return Action.DONE
         ctx = self.context()
         insn = ev.insn
         out = self._execute(k, ctx, insn)
         if out is None:                               # VM entry performed (or failed into host)
             return Action.DONE
         return self._finish_insn(out, ev)
+
+    def _vmrw_fast(self, ev: Event) -> bool:
+        """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 with a current VMCS
+        and a supported field: the usual case of the VMREAD/VMWRITE operation, done
+        here without the general path's context, operand and outcome objects.
+        False (nothing done) for anything else: the general path decides."""
+        insn = ev.insn
+        plan = self._vmrw_plans.get(ev.rip)
+        if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
+            plan = self._vmrw_plan(ev)
+        if plan[1] is None or self._lazy is not None:
+            return False
+        vmx, m = self.vmx, self.m
+        cur = vmx.current_vmcs
+        if cur is None or not vmx.in_vmx:
+            return False
+        hf = m.blob.load().hflags
+        if not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:   # #UD outside 64-bit mode, #GP at CPL > 0
+            return False
+        _insn, reading, a, b = plan
+        g = m.gprs.read()
+        enc = g[b] if reading else g[a]
+        if reading:                                      # VMREAD r/m64 (a), r64 (b)
+            if self._supported.get(enc) is None:
+                return False
+            value = cur.values.get(enc, cur.default)
+            if value is None:
+                return False
+            g[a] = value & 0xFFFFFFFFFFFFFFFF
+        else:                                            # VMWRITE r64 (a), r/m64 (b)
+            mask = self._writable.get(enc)
+            if mask is None:
+                return False
+            cur.values[enc] = g[b] & mask
+            if self._dirty is not None:
+                self._dirty.add(enc)
+        g[REG.RFLAGS] = SUCCEED.rflags(g[REG.RFLAGS])     # VMsucceed
+        g[REG.RIP] = (ev.rip + ev.length) & 0xFFFFFFFFFFFFFFFF
+        m.gprs.write()
+        return True
+
+    def _vmrw_plan(self, ev: Event):
+        """(insn, reading, operand 0 GPR index, operand 1 GPR index) of a VMREAD/VMWRITE
+        with two 64-bit register operands, else (insn, None, 0, 0)."""
+        insn = ev.insn
+        plan = (insn, None, 0, 0)
+        if insn.op_count == 2 and insn.op0_kind == _OK.REGISTER and insn.op1_kind == _OK.REGISTER:
+            r0, r1 = REG.ICED_GPR.get(insn.op0_register), REG.ICED_GPR.get(insn.op1_register)
+            if r0 is not None and r1 is not None and r0[1:] == (8, 0) and r1[1:] == (8, 0):
+                plan = (insn, ev.kind is Kind.VMREAD, r0[0], r1[0])
+        if len(self._vmrw_plans) > 1024:
+            self._vmrw_plans.clear()
+        self._vmrw_plans[ev.rip] = plan
+        return plan
 
     def _execute(self, k: Kind, ctx: Context, insn) -> Outcome | None:
         m = self.m
@@ -483,9 +546,12 @@ class VmxCpu:
         vmcs = v.current_vmcs
         instruction = "vmlaunch" if launch else "vmresume"
         dirty = self._dirty
+        controls_checked = False
         if dirty is not None and not launch and self._dirty_key == (id(vmcs), ctx.efer_lma) \
                 and vmcs.launch_state == "launched" and not ctx.mov_ss_blocking:
             self.quick_checks += 1
+            # the last entry with this VMCS succeeded: unchanged controls were refused nothing
+            controls_checked = dirty.isdisjoint(_CONTROL_FIELDS)
             result = check_changed(vmcs, self.profile, dirty, memory=self._read_host_or_none,
                                    host_lma=ctx.efer_lma, vmcs_pointer=v.current)
         else:
@@ -504,7 +570,7 @@ class VmxCpu:
             self._entry_failure(result.exit_reason, result.qualification)
             return
         self._host_lma_of_entry = ctx.efer_lma
-        self._load_guest_and_enter(vmcs, launch)
+        self._load_guest_and_enter(vmcs, launch, controls_checked)
 
     def _instruction_result(self, out: Outcome, python: bool, insn_length: int) -> None:
         if python:
@@ -523,9 +589,10 @@ class VmxCpu:
         mem = self.m.mem
         return mem.read(address, size) if mem.contains(address, size) else None
 
-    def _load_guest_and_enter(self, vmcs: Vmcs, launch: bool) -> None:
+    def _load_guest_and_enter(self, vmcs: Vmcs, launch: bool, controls_checked: bool = False) -> None:
         m, v = self.m, vmcs.values
-        refuse_unmodelled(v)
+        if not controls_checked:
+            refuse_unmodelled(v)
         if len(v) < len(F.FIELDS):                # every encoding present: the checker's fast path
             for f in F.FIELDS:
                 v.setdefault(f.encoding, 0)
@@ -605,6 +672,39 @@ class VmxCpu:
         self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
                                          | C.CPU_BASED_MONITOR_TRAP_FLAG)
                                   or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER)
+        key = tuple(map(v.get, _SUBSCRIPTION_INPUT, _SUBSCRIPTION_ZEROS))
+        subscription = self._subscriptions.get(key)
+        if subscription is None:
+            if len(self._subscriptions) > 64:
+                self._subscriptions.clear()
+            subscription = self._subscriptions[key] = self._nonroot_subscription(v, cpu, sec, pin)
+        kinds, bitmap = subscription
+        m.intercept(*kinds, exceptions=bitmap)
+        m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
+        m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
+        m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
+        if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
+            rate = self.profile.misc & 0x1F
+            m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
+        else:
+            m.set_tsc_deadline(None)
+        if sec & C.SECONDARY_EXEC_ENABLE_EPT:
+            self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
+            m.set_second_stage(self._second_stage, tag=self._ept)
+        else:
+            self._ept = None
+            m.second_stage = None
+        # In VMX non-root operation CR0/CR4 fixed bits apply to the guest's values
+        # ("Changes to Instruction Behavior": unrestricted guest relaxes PE and PG).
+        f0 = self.profile.cr0_fixed0
+        if sec & C.SECONDARY_EXEC_UNRESTRICTED_GUEST:
+            f0 &= ~(AR.CR0_PE | AR.CR0_PG)
+        m.cr0_fixed = (f0, self.profile.cr0_fixed1)
+        m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+
+    def _nonroot_subscription(self, v: dict[int, int], cpu: int, sec: int, pin: int) -> tuple[tuple, int]:
+        """(kinds, exception bitmap) to intercept in non-root operation under these
+        controls (a function of the _SUBSCRIPTION_INPUT fields: memoized)."""
         kinds = {Kind.CPUID, Kind.INVD, Kind.XSETBV, Kind.GETSEC, Kind.TRIPLE_FAULT, *VMX_KINDS}
         kinds |= {Kind.RDMSR, Kind.WRMSR}          # exit or not per MSR: the bitmaps decide
         if cpu & (C.CPU_BASED_UNCOND_IO_EXITING | C.CPU_BASED_USE_IO_BITMAPS):
@@ -638,28 +738,7 @@ class VmxCpu:
         bitmap = v.get(F.EXCEPTION_BITMAP, 0)
         if not bitmap >> 14 & 1 and (v.get(F.PAGE_FAULT_ERROR_CODE_MASK, 0) or v.get(F.PAGE_FAULT_ERROR_CODE_MATCH, 0)):
             bitmap |= 1 << 14                     # #PF may exit through the error-code mask/match
-        m.intercept(*kinds, exceptions=bitmap)
-        m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
-        m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
-        m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
-        if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
-            rate = self.profile.misc & 0x1F
-            m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
-        else:
-            m.set_tsc_deadline(None)
-        if sec & C.SECONDARY_EXEC_ENABLE_EPT:
-            self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
-            m.set_second_stage(self._second_stage, tag=self._ept)
-        else:
-            self._ept = None
-            m.second_stage = None
-        # In VMX non-root operation CR0/CR4 fixed bits apply to the guest's values
-        # ("Changes to Instruction Behavior": unrestricted guest relaxes PE and PG).
-        f0 = self.profile.cr0_fixed0
-        if sec & C.SECONDARY_EXEC_UNRESTRICTED_GUEST:
-            f0 &= ~(AR.CR0_PE | AR.CR0_PG)
-        m.cr0_fixed = (f0, self.profile.cr0_fixed1)
-        m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+        return tuple(kinds), bitmap
 
     def _nonroot(self, ev: Event) -> Action:
         k = ev.kind
@@ -1118,7 +1197,7 @@ class VmxCpu:
     def _save_state_into(self, state: dict[str, int], v: dict[int, int]) -> None:
         """"Saving Guest State" into the VMCS; the fields whose values change join the
         dirty set (the next VM entry re-runs the checks that read them)."""
-        before = [v.get(enc) for enc in _SAVED_FIELDS]
+        before = list(map(v.get, _SAVED_FIELDS))
         T.save_guest(state, v, v.get(F.VM_EXIT_CONTROLS, 0), store_lma=bool(self.profile.misc >> 5 & 1))
         T.save_guest_msrs(v, self._saved_msrs, self.m.msrs.peek)
         if self._ept is not None and self.m.pdptes is not None:
@@ -1126,9 +1205,10 @@ class VmxCpu:
                 v[F.GUEST_PDPTR0 + 2 * i] = pdpte
         dirty = self._dirty
         if dirty is not None:
-            for enc, old in zip(_SAVED_FIELDS, before):
-                if v.get(enc) != old:
-                    dirty.add(enc)
+            after = list(map(v.get, _SAVED_FIELDS))
+            if after != before:
+                # (set difference of (encoding, value) pairs: C-level over ~100 fields)
+                dirty.update([enc for enc, _ in set(zip(_SAVED_FIELDS, after)) - set(zip(_SAVED_FIELDS, before))])
 
     def materialize(self) -> None:
         """Finish a lazy exit: save the guest state into the VMCS and load the host

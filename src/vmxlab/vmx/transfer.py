@@ -49,6 +49,12 @@ _PLAIN = ("GUEST_CR3", "GUEST_CR4", "GUEST_RSP", "GUEST_RIP", "GUEST_RFLAGS",
           "GUEST_SYSENTER_CS", "GUEST_SYSENTER_ESP", "GUEST_SYSENTER_EIP",
           "GUEST_INTERRUPTIBILITY_INFO", "GUEST_ACTIVITY_STATE", "GUEST_PENDING_DBG_EXCEPTIONS")
 _PLAIN_ENC = tuple((k, F.by_name(k).encoding) for k in _PLAIN)
+# the same with the selector, base and limit of every segment, as parallel tuples
+# (copied with C-level map/zip on the exit and entry hot paths)
+_COPY_KEYS = _PLAIN + tuple(k for keys, _ in _SEG_KEYS for k in keys[:3])
+_COPY_ENCS = tuple(e for _, e in _PLAIN_ENC) + tuple(e for _, encs in _SEG_KEYS for e in encs[:3])
+_COPY_ZEROS = (0,) * len(_COPY_KEYS)
+_AR_KEYS = tuple((keys[3], encs[3]) for keys, encs in _SEG_KEYS)
 
 
 def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
@@ -57,8 +63,7 @@ def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
     g = dict(state)
     entry = v.get(F.VM_ENTRY_CONTROLS, 0)
     g["GUEST_CR0"] = (state.get("GUEST_CR0", 0) & CR0_KEEP) | (v.get(F.GUEST_CR0, 0) & ~CR0_KEEP)
-    for key, enc in _PLAIN_ENC:
-        g[key] = v.get(enc, 0)
+    g.update(zip(_COPY_KEYS, map(v.get, _COPY_ENCS, _COPY_ZEROS)))
     g["GUEST_SYSENTER_CS"] &= 0xFFFFFFFF
     if entry & C.VM_ENTRY_LOAD_DEBUG_CONTROLS:
         g["GUEST_DR7"] = (v.get(F.GUEST_DR7, 0) & ~0xD000) | 0x400   # bits 12, 15:14 clear, 10 set
@@ -75,10 +80,7 @@ def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
         g["GUEST_IA32_EFER"] = efer
     if entry & C.VM_ENTRY_LOAD_IA32_PAT:
         g["GUEST_IA32_PAT"] = v.get(F.GUEST_IA32_PAT, 0)
-    for (ksel, kbase, klimit, kar), (sel, base, limit, ar) in _SEG_KEYS:
-        g[ksel] = v.get(sel, 0)
-        g[kbase] = v.get(base, 0)
-        g[klimit] = v.get(limit, 0)
+    for kar, ar in _AR_KEYS:
         g[kar] = v.get(ar, 0) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
     return g
 
@@ -93,8 +95,7 @@ def save_guest(state: dict[str, int], v: dict[int, int], exit_controls: int,
     guest" VM-entry control).
     """
     v[F.GUEST_CR0] = state["GUEST_CR0"]
-    for key, enc in _PLAIN_ENC:
-        v[enc] = state.get(key, 0)
+    v.update(zip(_COPY_ENCS, map(state.get, _COPY_KEYS, _COPY_ZEROS)))
     v[F.GUEST_SYSENTER_CS] &= 0xFFFFFFFF
     if exit_controls & C.VM_EXIT_SAVE_DEBUG_CONTROLS:
         v[F.GUEST_DR7] = state.get("GUEST_DR7", 0x400)
@@ -103,10 +104,7 @@ def save_guest(state: dict[str, int], v: dict[int, int], exit_controls: int,
         v[F.GUEST_IA32_PAT] = state.get("GUEST_IA32_PAT", 0)
     if exit_controls & C.VM_EXIT_SAVE_IA32_EFER:
         v[F.GUEST_IA32_EFER] = state.get("GUEST_IA32_EFER", 0)
-    for (ksel, kbase, klimit, kar), (sel, base, limit, ar) in _SEG_KEYS:
-        v[sel] = state.get(ksel, 0)
-        v[base] = state.get(kbase, 0)
-        v[limit] = state.get(klimit, 0)
+    for kar, ar in _AR_KEYS:
         v[ar] = state.get(kar, S.AR_UNUSABLE) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
     if store_lma:
         entry = v.get(F.VM_ENTRY_CONTROLS, 0) & ~C.VM_ENTRY_IA32E_MODE
@@ -123,6 +121,31 @@ def host_segment_ar(selector: int, code: bool, long_mode: bool) -> int:
     if selector == 0:
         return S.AR_UNUSABLE
     return 0x3 | S.AR_S | S.AR_P | S.AR_DB | S.AR_G        # type 3, S, DPL 0, P, D/B, G
+
+
+def _host_segments(v: dict[int, int], long_mode: bool) -> tuple[tuple[str, int], ...]:
+    """The snapshot items of ES..GS and TR after "Loading Host State"."""
+    h = {}
+    for seg, enc, (ksel, kbase, klimit, kar) in _HOST_SEG:
+        sel = v.get(enc, 0)
+        h[ksel] = sel
+        if seg == "TR":
+            h[kbase], h[klimit] = v.get(F.HOST_TR_BASE, 0), 0x67
+            h[kar] = S.TYPE_TSS_BUSY | S.AR_P                  # busy TSS, S = 0, DPL 0, P
+            continue
+        h[kar] = host_segment_ar(sel, seg == "CS", long_mode)
+        h[klimit] = 0xFFFFFFFF
+        if seg in ("FS", "GS"):
+            h[kbase] = v.get(F.HOST_FS_BASE if seg == "FS" else F.HOST_GS_BASE, 0)
+        else:
+            h[kbase] = 0
+    return tuple(h.items())
+
+
+# _host_segments memoized by what it reads (an exit loads the same host segments each time)
+_HOST_SEG_INPUT = (*(enc for _s, enc, _k in _HOST_SEG), F.HOST_TR_BASE, F.HOST_FS_BASE, F.HOST_GS_BASE)
+_HOST_SEG_ZEROS = (0,) * len(_HOST_SEG_INPUT)
+_HOST_SEG_MEMO: dict[tuple, tuple] = {}
 
 
 def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict[str, int]:
@@ -148,19 +171,13 @@ def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict
         h["GUEST_IA32_EFER"] = efer | ((M.EFER_LMA | M.EFER_LME) if long_mode else 0)
     if exit_ctl & C.VM_EXIT_LOAD_IA32_PAT:
         h["GUEST_IA32_PAT"] = v.get(F.HOST_IA32_PAT, 0)
-    for seg, enc, (ksel, kbase, klimit, kar) in _HOST_SEG:
-        sel = v.get(enc, 0)
-        h[ksel] = sel
-        if seg == "TR":
-            h[kbase], h[klimit] = v.get(F.HOST_TR_BASE, 0), 0x67
-            h[kar] = S.TYPE_TSS_BUSY | S.AR_P                  # busy TSS, S = 0, DPL 0, P
-            continue
-        h[kar] = host_segment_ar(sel, seg == "CS", long_mode)
-        h[klimit] = 0xFFFFFFFF
-        if seg in ("FS", "GS"):
-            h[kbase] = v.get(F.HOST_FS_BASE if seg == "FS" else F.HOST_GS_BASE, 0)
-        else:
-            h[kbase] = 0
+    key = (long_mode, *map(v.get, _HOST_SEG_INPUT, _HOST_SEG_ZEROS))
+    items = _HOST_SEG_MEMO.get(key)
+    if items is None:
+        if len(_HOST_SEG_MEMO) > 64:
+            _HOST_SEG_MEMO.clear()
+        items = _HOST_SEG_MEMO[key] = _host_segments(v, long_mode)
+    h.update(items)
     h["GUEST_LDTR_SELECTOR"], h["GUEST_LDTR_BASE"], h["GUEST_LDTR_LIMIT"] = 0, 0, 0
     h["GUEST_LDTR_AR_BYTES"] = S.AR_UNUSABLE
     h["GUEST_GDTR_BASE"], h["GUEST_GDTR_LIMIT"] = v.get(F.HOST_GDTR_BASE, 0), 0xFFFF
