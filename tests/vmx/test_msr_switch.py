@@ -108,7 +108,7 @@ def test_clear_bndcfgs_leaves_zero_for_the_host():
 
 
 @pytest.mark.parametrize("field,bits,name", [
-    ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_PAUSE_LOOP_EXITING, "SECONDARY_EXEC_PAUSE_LOOP_EXITING"),
+    ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_ENCLS_EXITING, "SECONDARY_EXEC_ENCLS_EXITING"),
     ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_SHADOW_VMCS, "SECONDARY_EXEC_SHADOW_VMCS"),
 ])
 def test_a_control_not_modelled_stops_vm_entry_with_its_name(field, bits, name):
@@ -131,12 +131,14 @@ def test_a_secondary_control_counts_only_when_secondary_controls_are_active():
 
 
 def test_a_control_not_modelled_written_by_host_code_stops_the_vmresume():
-    def enable_ple(cpu):
+    def enable_shadowing(cpu):
         cpu.vmwrite("SECONDARY_VM_EXEC_CONTROL",
-                    cpu.vmread("SECONDARY_VM_EXEC_CONTROL") | C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
+                    cpu.vmread("SECONDARY_VM_EXEC_CONTROL") | C.SECONDARY_EXEC_SHADOW_VMCS)
+        cpu.vmwrite("VMREAD_BITMAP", 0x203000)
+        cpu.vmwrite("VMWRITE_BITMAP", 0x204000)
         cpu.vmresume()
     b = Bench()
-    b.start("cpuid\nhlt", host=enable_ple)
-    with pytest.raises(MachineNotImplemented, match="SECONDARY_EXEC_PAUSE_LOOP_EXITING"):
+    b.start("cpuid\nhlt", host=enable_shadowing)
+    with pytest.raises(MachineNotImplemented, match="SECONDARY_EXEC_SHADOW_VMCS"):
         b.cpu.run(time_budget=5)
     assert not b.cpu.vmx.non_root and b.cpu.exit.basic == X.CPUID   # still in the host after the exit

@@ -189,6 +189,8 @@ class VmxCpu:
         self._vpid = False
         self._rearm_needed = False
         self._lazy_ok = False
+        self._ple_last: int | None = None       # TSC of the last PAUSE at CPL 0 (PAUSE-loop exiting)
+        self._ple_first = 0                      # TSC of the first PAUSE of the current loop
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
         self._vmrw_plans: dict[int, tuple] = {}   # RIP -> VMREAD/VMWRITE operand plan (_vmrw_fast)
@@ -671,7 +673,9 @@ class VmxCpu:
         self._hctx = None
         self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
                                          | C.CPU_BASED_MONITOR_TRAP_FLAG)
-                                  or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER)
+                                  or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER
+                                  or sec & C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
+        self._ple_last = None                     # the first PAUSE after VM entry starts a loop
         key = tuple(map(v.get, _SUBSCRIPTION_INPUT, _SUBSCRIPTION_ZEROS))
         subscription = self._subscriptions.get(key)
         if subscription is None:
@@ -720,6 +724,8 @@ class VmxCpu:
                               (C.CPU_BASED_MONITOR_EXITING, Kind.MONITOR), (C.CPU_BASED_MWAIT_EXITING, Kind.MWAIT)):
             if cpu & control:
                 kinds.add(kind)
+        if sec & C.SECONDARY_EXEC_PAUSE_LOOP_EXITING:
+            kinds.add(Kind.PAUSE)
         if cpu & (C.CPU_BASED_RDTSC_EXITING | C.CPU_BASED_USE_TSC_OFFSETTING):
             kinds |= {Kind.RDTSC, Kind.RDTSCP}
         kinds |= {Kind.RDTSCP, Kind.INVPCID, Kind.XSAVES, Kind.XRSTORS}   # #UD unless enabled
@@ -772,6 +778,8 @@ class VmxCpu:
             if cpu & C.CPU_BASED_INVLPG_EXITING:
                 return self._instruction_exit(ev, X.INVPCID, XI.displacement(ev.insn), info=True)
             return Action.NATIVE
+        if k == Kind.PAUSE and not cpu & C.CPU_BASED_PAUSE_EXITING:
+            return self._pause_loop(ev, v)
         if k in (Kind.RDPMC, Kind.PAUSE, Kind.MONITOR, Kind.MWAIT, Kind.WBINVD, Kind.RDRAND, Kind.RDSEED):
             reason = {Kind.RDPMC: X.RDPMC, Kind.PAUSE: X.PAUSE_INSTRUCTION, Kind.MONITOR: X.MONITOR_INSTRUCTION,
                       Kind.MWAIT: X.MWAIT_INSTRUCTION, Kind.WBINVD: X.WBINVD, Kind.RDRAND: X.RDRAND,
@@ -952,6 +960,24 @@ class VmxCpu:
         new = (cur & ~0xF) | (src & 0xE) | ((cur | src) & AR.CR0_PE)   # LMSW never clears PE
         m.write_cr0((cur & mask) | (new & ~mask))                      # host-owned bits unchanged
         return self._advance(ev)
+
+    def _pause_loop(self, ev: Event, v: dict[int, int]) -> Action:
+        """PAUSE with "PAUSE-loop exiting" ("Instructions That Cause VM Exits
+        Conditionally", PAUSE): at CPL 0, a PAUSE more than PLE_Gap TSC ticks after
+        the previous one (or the first after VM entry) starts a loop; one more than
+        PLE_Window ticks after the start of its loop exits.  Ticks of the virtual TSC,
+        which stands still while Python code handles an instruction."""
+        m = self.m
+        if m.fast_cpl():
+            return Action.NATIVE
+        now = m.tsc.read()
+        last, self._ple_last = self._ple_last, now
+        if last is None or now - last > v.get(F.PLE_GAP, 0):
+            self._ple_first = now
+            return Action.NATIVE
+        if now - self._ple_first > v.get(F.PLE_WINDOW, 0):
+            return self._instruction_exit(ev, X.PAUSE_INSTRUCTION)
+        return Action.NATIVE
 
     def _mov_to_vtpr(self, ev: Event, v: dict[int, int], value: int) -> Action:
         """MOV to CR8 with "use TPR shadow" ("Virtualizing MOV to CR8"): #GP(0) for bits
@@ -1360,9 +1386,11 @@ class VmxCpu:
         return True
 
     def _rearm(self, v: dict[int, int]) -> None:
-        """What every entry re-arms: window requests and the preemption timer."""
+        """What every entry re-arms: window requests, MTF, the preemption timer, the
+        PAUSE-loop detection."""
         m = self.m
         cpu, _, pin, _ = self._controls(v)
+        self._ple_last = None
         m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
         m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
         m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
