@@ -183,6 +183,7 @@ class VmxCpu:
         self._stop_request: str | None = None
         self._pending_stop: Stop | None = None
         self._ept = None                       # (eptp, mbec) when EPT is on in non-root operation
+        self._pml = None                       # _pml_log while "enable PML" is 1
         self._in_host = False
         self._lazy: _Lazy | None = None
         self._plan = None                      # (VMCS, checks Entry) reused by quick re-entries
@@ -694,6 +695,7 @@ class VmxCpu:
             m.set_tsc_deadline(None)
         if sec & C.SECONDARY_EXEC_ENABLE_EPT:
             self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
+            self._pml = self._pml_log if sec & C.SECONDARY_EXEC_ENABLE_PML else None
             m.set_second_stage(self._second_stage, tag=self._ept)
         else:
             self._ept = None
@@ -1081,8 +1083,9 @@ class VmxCpu:
             t = EPT.translate(eptp, gpa, kind, mem.read64, mem.write64, maxphyaddr=self.profile.maxphyaddr,
                               execute_only=self.profile.ept_cap("ept_execute_only"),
                               one_gb_pages=self.profile.ept_cap("ept_1gb"), mbec=mbec,
-                              user=mbec and self.m.fast_cpl() == 3, paging_structure=paging_entry)
-        except (EPT.EptViolation, EPT.EptMisconfig) as e:
+                              user=mbec and self.m.fast_cpl() == 3, paging_structure=paging_entry,
+                              pml=self._pml)
+        except (EPT.EptViolation, EPT.EptMisconfig, EPT.PmlFull) as e:
             raise SecondStageRefusal(e) from None
         allowed = (PG.READ if t.perms & 1 else 0) | (PG.WRITE if t.perms & 2 else 0) \
             | (PG.FETCH if t.perms & 4 else 0)
@@ -1092,6 +1095,20 @@ class VmxCpu:
             allowed &= ~PG.WRITE
         return t.hpa, allowed
 
+    def _pml_log(self, gpa: int, sets_dirty: bool) -> None:
+        """"Page-Modification Logging": with the PML index outside 0-511 the access
+        is a PML-full VM exit; a dirty flag set from 0 to 1 writes the 4-KByte aligned
+        guest-physical address at PML address + 8 * index and decrements the index."""
+        v = self.vmx.current_vmcs.values
+        index = v.get(F.GUEST_PML_INDEX, 0)
+        if index > 511:
+            raise EPT.PmlFull(gpa)
+        if sets_dirty:
+            self.m.mem.write64(v.get(F.PML_ADDRESS, 0) + 8 * index, gpa & ~0xFFF)
+            v[F.GUEST_PML_INDEX] = (index - 1) & 0xFFFF
+            if self._dirty is not None:
+                self._dirty.add(F.GUEST_PML_INDEX)
+
     def _ept_exit(self, stop: Stop) -> None:
         refusal = stop.event.detail if stop.event is not None else None
         payload = getattr(refusal, "payload", None)
@@ -1099,6 +1116,9 @@ class VmxCpu:
         gpa = refusal.gpa if getattr(refusal, "gpa", None) is not None else payload.gpa   # the exact address
         if isinstance(payload, EPT.EptMisconfig):
             self._exit(X.EPT_MISCONFIG, 0, stop.rip, gpa=gpa)
+            return
+        if isinstance(payload, EPT.PmlFull):
+            self._exit(X.PML_FULL, 0, stop.rip, vectoring=ev.vectoring if ev is not None else None)
             return
         assert isinstance(payload, EPT.EptViolation), stop
         qual = payload.qualification

@@ -83,10 +83,21 @@ def misconfiguration(entry: int, level: int, leaf: bool, maxphyaddr: int, execut
     return None
 
 
+class PmlFull(Exception):
+    """An accessed or dirty flag must be set while the PML index is not in 0-511
+    ("Page-Modification Logging"): a PML-full VM exit; no flag is set and the access
+    does not happen."""
+
+    def __init__(self, gpa: int):
+        super().__init__(f"page-modification log full at guest-physical {gpa:#x}")
+        self.gpa = gpa
+
+
 def translate(eptp: int, gpa: int, access: int, read64: Callable[[int], int],
               write64: Callable[[int, int], None] | None, *, maxphyaddr: int,
               execute_only: bool = True, one_gb_pages: bool = True, mbec: bool = False,
-              user: bool = False, paging_structure: bool = False) -> EptTranslation:
+              user: bool = False, paging_structure: bool = False,
+              pml: Callable[[int, bool], None] | None = None) -> EptTranslation:
     """Translate a guest-physical address through the EPT paging structures.
 
     access: READ, WRITE or FETCH.  With mode-based execute control (mbec), a FETCH
@@ -94,7 +105,8 @@ def translate(eptp: int, gpa: int, access: int, read64: Callable[[int], int],
     paging_structure: the access is to a guest paging-structure entry; with EPT A/D
     enabled such accesses count as writes ("Accessed and Dirty Flags for EPT").
     Raises EptViolation or EptMisconfig; sets A (and D on writes) when the EPTP
-    enables accessed and dirty flags.
+    enables accessed and dirty flags.  pml(gpa, sets_dirty): page-modification
+    logging, called before any of these flags changes (it may raise PmlFull).
     """
     levels = ((eptp >> 3) & 7) + 1
     ad = bool(eptp & A.EPTP_AD)
@@ -131,12 +143,17 @@ def translate(eptp: int, gpa: int, access: int, read64: Callable[[int], int],
     if not allowed:
         raise EptViolation(gpa, access | _perm_bits(perms, mbec))
     if ad and write64 is not None:
+        updates = []
         for i, (slot, entry) in enumerate(walked):
             new = entry | A.EPT_A
             if access == WRITE and i == len(walked) - 1:
                 new |= A.EPT_D
             if new != entry:
-                write64(slot, new)
+                updates.append((slot, new))
+        if updates and pml is not None:
+            pml(gpa, access == WRITE and not walked[-1][1] & A.EPT_D)
+        for slot, new in updates:
+            write64(slot, new)
     size_shift = 12 + 9 * (level - 1)
     leaf_entry = walked[-1][1]
     base = leaf_entry & addr_mask & ~((1 << size_shift) - 1)
