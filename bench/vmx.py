@@ -13,6 +13,8 @@ Three round trips, measured in the same run:
 3. /dev/kvm reference (as bench.kvm): KvmMachine.run() of a CPL0 `out` exit, median,
    where /dev/kvm exists.  1 and 3 run in interleaved batches of 2000 exits (the
    host's speed drifts); the ratio is the median of the per-batch ratios.
+4. The floor: the same loop on the bare machine, its client advancing RIP inside the
+   code hook (no VMX): what the Python handler's round trip costs before VMX.
 """
 from __future__ import annotations
 
@@ -126,6 +128,41 @@ class KvmOutLoop:
         self.m.close()
 
 
+class MachineFloor:
+    """The same CPUID loop on the bare machine (no VMX): a client called inside the
+    code hook advances RIP -- what handing an instruction to Python and back costs
+    before any VMX work; batch(k) as CpuidLoop.batch."""
+
+    def __init__(self):
+        from vmxlab.machine import Action, Kind
+        from vmxlab.machine import registers as REG
+        m = self.m = _flat_machine()
+        m.load(GUEST, asm("top: push rcx\nxor eax, eax\ncpuid\npop rcx\njmp top", GUEST).code)
+        s = m.get_state()
+        s["GUEST_RIP"], s["GUEST_RSP"] = GUEST, 0x7F000
+        m.set_state(s)
+        self.stamps: list[int] = []
+        self.left = 0
+        clock, rip, done, stop = time.perf_counter_ns, REG.RIP, Action.DONE, Action.STOP
+
+        def client(mm, ev):
+            self.stamps.append(clock())
+            self.left -= 1
+            if self.left < 0:
+                return stop
+            mm.gprs.values[rip] = ev.rip + ev.length
+            mm.gprs.write_pc()
+            return done
+        m.client = client
+        m.intercept(Kind.CPUID)
+
+    def batch(self, k: int) -> list[int]:
+        self.stamps, self.left = [], k
+        self.m.run(time_budget=600)
+        st = self.stamps
+        return [b - a for a, b in zip(st, st[1:])]
+
+
 def python_handler_beside_kvm(n: int, batch: int = 2000):
     """Both round trips in interleaved batches (the host's speed drifts): per-exit
     samples of each, and the per-batch ratios of the medians."""
@@ -180,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sim_ns, kvm, ratios, _quick = python_handler_beside_kvm(args.exits)
     mc, mc_exits = machine_code_round_trip(max(args.exits // 10, 10))
+    floor_med, floor_p90 = _median_p90(MachineFloor().batch(max(args.exits // 5, 100)))
     py_med, py_p90 = _median_p90(sim_ns)
     print(f"VM-exit round trip, {args.exits:,} exits (guest CPUID -> host -> VMRESUME)")
     print(f"  Python handler (simulator)        median {py_med:6.1f} us   p90 {py_p90:6.1f} us")
     print(f"  machine-code hypervisor           mean   {mc:6.1f} us   ({mc_exits:,} exits)")
+    print(f"  bare machine, no VMX (the floor)  median {floor_med:6.1f} us   p90 {floor_p90:6.1f} us")
     if isinstance(kvm, str):
         print(f"  /dev/kvm reference (CPL0 OUT)     {kvm}")
     else:
