@@ -96,23 +96,23 @@ _SEG_INPUT_KEYS = tuple(k for _slot, *keys in _SEG_KEYS for k in keys) + (
 _SEG_INPUT = operator.itemgetter(*_SEG_INPUT_KEYS)
 
 
+def _memo(memo: dict, key, make):
+    """memo[key], made by make() once (at most 64 kept: guest and host alternate
+    between a few)."""
+    value = memo.get(key)
+    if value is None:
+        if len(memo) > 64:
+            memo.clear()
+        value = memo[key] = make()
+    return value
+
+
 def _segments_of(caches: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
-    items = _SEG_MEMO.get(caches)
-    if items is None:
-        if len(_SEG_MEMO) > 64:
-            _SEG_MEMO.clear()
-        items = _SEG_MEMO[caches] = _segment_items(caches)
-    return items
+    return _memo(_SEG_MEMO, caches, lambda: _segment_items(caches))
 
 
 def _caches_of(s: dict[str, int]) -> list[int]:
-    key = _SEG_INPUT(s)
-    caches = _CACHE_MEMO.get(key)
-    if caches is None:
-        if len(_CACHE_MEMO) > 64:
-            _CACHE_MEMO.clear()
-        caches = _CACHE_MEMO[key] = _cache_values(s)
-    return caches
+    return _memo(_CACHE_MEMO, _SEG_INPUT(s), lambda: _cache_values(s))
 
 
 class StateAccess:

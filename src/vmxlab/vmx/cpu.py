@@ -676,7 +676,6 @@ class VmxCpu:
                                          | C.CPU_BASED_MONITOR_TRAP_FLAG)
                                   or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER
                                   or sec & C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
-        self._ple_last = None                     # the first PAUSE after VM entry starts a loop
         key = tuple(map(v.get, _SUBSCRIPTION_INPUT, _SUBSCRIPTION_ZEROS))
         subscription = self._subscriptions.get(key)
         if subscription is None:
@@ -685,14 +684,7 @@ class VmxCpu:
             subscription = self._subscriptions[key] = self._nonroot_subscription(v, cpu, sec, pin)
         kinds, bitmap = subscription
         m.intercept(*kinds, exceptions=bitmap)
-        m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
-        m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
-        m.request_mtf(bool(cpu & C.CPU_BASED_MONITOR_TRAP_FLAG))
-        if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
-            rate = self.profile.misc & 0x1F
-            m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
-        else:
-            m.set_tsc_deadline(None)
+        self._rearm(v)
         if sec & C.SECONDARY_EXEC_ENABLE_EPT:
             self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
             self._pml = self._pml_log if sec & C.SECONDARY_EXEC_ENABLE_PML else None
@@ -1417,6 +1409,8 @@ class VmxCpu:
         if pin & C.PIN_BASED_VMX_PREEMPTION_TIMER:
             rate = self.profile.misc & 0x1F
             m.set_tsc_deadline(m.tsc.read() + (v.get(F.VMX_PREEMPTION_TIMER_VALUE, 0) << rate))
+        else:
+            m.set_tsc_deadline(None)
 
     def _to_host(self, v: dict[int, int], save_guest: bool, state: dict | None = None) -> None:
         m = self.m
