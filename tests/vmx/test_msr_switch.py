@@ -109,15 +109,14 @@ def test_clear_bndcfgs_leaves_zero_for_the_host():
 
 @pytest.mark.parametrize("field,bits,name", [
     ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_ENCLS_EXITING, "SECONDARY_EXEC_ENCLS_EXITING"),
-    ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_SHADOW_VMCS, "SECONDARY_EXEC_SHADOW_VMCS"),
+    ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES, "SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES"),
 ])
 def test_a_control_not_modelled_stops_vm_entry_with_its_name(field, bits, name):
     b = Bench()
     b.m.mem.write(BITMAP, bytes(4096))
     with pytest.raises(MachineNotImplemented, match=name):
         b.start("hlt", controls={field: bits | (P2 if field == "CPU_BASED_VM_EXEC_CONTROL" else 0)},
-                fields={"VIRTUAL_APIC_PAGE_ADDR": 0x201000, "PML_ADDRESS": 0x202000, "VMREAD_BITMAP": 0x203000,
-                        "VMWRITE_BITMAP": 0x204000, "GUEST_PML_INDEX": 511})
+                fields={"VIRTUAL_APIC_PAGE_ADDR": 0x201000, "APIC_ACCESS_ADDR": 0x205000})
     assert not b.cpu.vmx.non_root                            # nothing entered
     assert b.cpu.vmx.current_vmcs.launch_state == "clear"
 
@@ -131,14 +130,13 @@ def test_a_secondary_control_counts_only_when_secondary_controls_are_active():
 
 
 def test_a_control_not_modelled_written_by_host_code_stops_the_vmresume():
-    def enable_shadowing(cpu):
+    def enable_apic_access(cpu):
         cpu.vmwrite("SECONDARY_VM_EXEC_CONTROL",
-                    cpu.vmread("SECONDARY_VM_EXEC_CONTROL") | C.SECONDARY_EXEC_SHADOW_VMCS)
-        cpu.vmwrite("VMREAD_BITMAP", 0x203000)
-        cpu.vmwrite("VMWRITE_BITMAP", 0x204000)
+                    cpu.vmread("SECONDARY_VM_EXEC_CONTROL") | C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES)
+        cpu.vmwrite("APIC_ACCESS_ADDR", 0x205000)
         cpu.vmresume()
     b = Bench()
-    b.start("cpuid\nhlt", host=enable_shadowing)
-    with pytest.raises(MachineNotImplemented, match="SECONDARY_EXEC_SHADOW_VMCS"):
+    b.start("cpuid\nhlt", host=enable_apic_access)
+    with pytest.raises(MachineNotImplemented, match="SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES"):
         b.cpu.run(time_budget=5)
     assert not b.cpu.vmx.non_root and b.cpu.exit.basic == X.CPUID   # still in the host after the exit

@@ -51,6 +51,7 @@ from ..machine import registers as REG
 from ..machine import context_blob as CB
 from ..machine.intercepts import Action, Event, Kind, VMX_KINDS
 from ..machine.linear import SecondStageRefusal
+from ..machine.memory import NonexistentMemory
 from ..machine.operands import operand_address, read_operand, segment_base, set_gpr, write_operand
 from ..machine.runloop import Stop, StopReason
 from ..machine.state import VMCS_ENCODINGS, VMCS_KEYS
@@ -414,10 +415,67 @@ class VmxCpu:
             return Action.DONE
         ctx = self.context()
         insn = ev.insn
-        out = self._execute(k, ctx, insn)
+        if k is not Kind.VMXON:
+            early = self.vmx._common(ctx)             # #UD, #GP before any memory operand is read
+            if early is not None:
+                return self._finish_insn(early, ev)
+        try:
+            out = self._execute(k, ctx, insn)
+        except PG.PageFault as pf:                    # a memory operand that cannot be accessed
+            return self._operand_fault(pf, ev)
+        except NonexistentMemory as e:
+            self.stop(f"{insn} at {ev.rip:#x}: {e}")
+            return Action.DONE
         if out is None:                               # VM entry performed (or failed into host)
             return Action.DONE
         return self._finish_insn(out, ev)
+
+    def _shadow_vmrw(self, ev: Event, v: dict[int, int]) -> Action | None:
+        """VMREAD/VMWRITE in non-root operation with "VMCS shadowing" ("VMREAD",
+        "VMWRITE" Operation; "VMCS Shadowing"): a VM exit (None) if the encoding sets a
+        bit in 63:15 or its bit (bits 14:0) in the VMREAD/VMWRITE bitmap is 1; else the
+        instruction runs on the VMCS the link pointer references."""
+        m = self.m
+        insn = ev.insn
+        ctx = self.context()
+        if ctx.ud_mode:
+            return None                                # (#UD conditions: the general path)
+        read = ev.kind is Kind.VMREAD
+        bits = self._operand_bits(ctx)
+        try:
+            enc = read_operand(m, insn, 1 if read else 0, bits // 8)
+            bitmap = v.get(F.VMREAD_BITMAP if read else F.VMWRITE_BITMAP, 0)
+            if enc >> 15 or m.mem.read(bitmap + ((enc & 0x7FFF) >> 3), 1)[0] >> (enc & 7) & 1:
+                return None
+            link = v.get(F.VMCS_LINK_POINTER, INVALID_POINTER)
+            if read:
+                out = self.vmx.vmread_shadow(ctx, link, enc, bits)
+                if out.kind == "succeed":
+                    write_operand(m, insn, 0, out.value, bits // 8)
+            else:
+                out = self.vmx.vmwrite_shadow(ctx, link, enc, read_operand(m, insn, 1, bits // 8), bits)
+        except PG.PageFault as pf:
+            return self._operand_fault(pf, ev)
+        except SecondStageRefusal as r:                # EPT refuses the memory operand
+            self._ept_exit(Stop(StopReason.SECOND_STAGE, ev.rip, Event(Kind.SECOND_STAGE, ev.rip, detail=r), str(r)))
+            return Action.DONE
+        return self._finish_insn(out, ev)
+
+    def _operand_fault(self, pf: PG.PageFault, ev: Event) -> Action:
+        """#PF for a VMX instruction's memory operand: delivered (CR2 = the address),
+        or in VMX non-root operation a VM exit if the exception bitmap says so
+        (qualification = the address, CR2 unchanged)."""
+        if self.vmx.non_root:
+            event = Event(Kind.EXCEPTION, ev.rip, vector=EV.PF, event_type=EV.INTR_TYPE_HARD_EXCEPTION,
+                          error_code=pf.error_code, cr2=pf.linear)
+            action = self._exception(event, self.vmx.current_vmcs.values)
+            if action != Action.NATIVE:
+                return action
+        self.m._set_cr2(pf.linear)
+        problem = self.m.deliver(EV.PF, EV.INTR_TYPE_HARD_EXCEPTION, pf.error_code)
+        if problem is not None and self.vmx.non_root:
+            return self._event_exit(problem)
+        return Action.DONE
 
     def _vmrw_fast(self, ev: Event) -> bool:
         """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 with a current VMCS
@@ -805,6 +863,10 @@ class VmxCpu:
         if k in VMX_KINDS:
             if k == Kind.VMFUNC:
                 return self._vmfunc(ev, v, sec)
+            if (k is Kind.VMREAD or k is Kind.VMWRITE) and sec & C.SECONDARY_EXEC_SHADOW_VMCS:
+                action = self._shadow_vmrw(ev, v)
+                if action is not None:
+                    return action
             mem = XI.has_memory_operand(ev.insn)
             return self._instruction_exit(ev, _VMX_EXIT[k], XI.displacement(ev.insn) if mem else 0,
                                           info=_VMX_EXIT[k] in X.INSTRUCTION_INFO)

@@ -241,6 +241,46 @@ class VmxState:
             return self.fail(e.number)
         return SUCCEED
 
+    # -- VMREAD / VMWRITE in VMX non-root operation with VMCS shadowing ---------------------
+    def _shadow(self, link: int) -> Vmcs | None:
+        """The VMCS the link pointer references (made active from its region if it is not)."""
+        if link == INVALID_POINTER:
+            return None
+        vmcs = self.vmcs.get(link)
+        if vmcs is None:
+            vmcs = self.vmcs[link] = region.unpack(self.read_phys(link, self.profile.vmcs_size), self.profile)
+        return vmcs
+
+    def vmread_shadow(self, ctx: Context, link: int, encoding: int, operand_bits: int = 64) -> Outcome:
+        """VMREAD's operation in VMX non-root operation past its VM-exit conditions
+        ("VMCS shadowing" 1, the VMREAD-bitmap bit 0): #GP(0) at CPL > 0, VMfailInvalid
+        without a valid VMCS link pointer, else the field of the VMCS it references
+        (a VMfailValid error goes to the current VMCS)."""
+        if ctx.cpl > 0:
+            return GP0
+        shadow = self._shadow(link)
+        if shadow is None:
+            return Outcome("fail_invalid")
+        try:
+            return Outcome("succeed", value=vmread(shadow, encoding, self.profile, operand_bits))
+        except VmInstructionError as e:
+            return self.fail(e.number)
+
+    def vmwrite_shadow(self, ctx: Context, link: int, encoding: int, value: int,
+                       operand_bits: int = 64) -> Outcome:
+        """VMWRITE's operation in VMX non-root operation past its VM-exit conditions,
+        into the VMCS the link pointer references (as vmread_shadow)."""
+        if ctx.cpl > 0:
+            return GP0
+        shadow = self._shadow(link)
+        if shadow is None:
+            return Outcome("fail_invalid")
+        try:
+            vmwrite(shadow, encoding, value, self.profile, operand_bits)
+        except VmInstructionError as e:
+            return self.fail(e.number)
+        return SUCCEED
+
     def vmlaunch(self, ctx: Context, resume: bool = False) -> Outcome:
         """The checks before VM entry that are not VMCS checks; "entry" means the
         caller runs the VM-entry checks of checks/ (which also give errors 4, 5, 26)
