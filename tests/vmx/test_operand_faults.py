@@ -6,7 +6,8 @@ from vhelpers import VMCS, VMXON, Bench
 
 from vmxlab.machine import registers as REG
 
-HANDLERS = {14: "pop r8\nmov r9, cr2\nmov r15, 14\nhlt", 13: "pop r8\nmov r15, 13\nhlt"}
+HANDLERS = {14: "pop r8\nmov r9, cr2\nmov r15, 14\nhlt", 13: "pop r8\nmov r15, 13\nhlt",
+            12: "pop r8\nmov r15, 12\nhlt"}
 
 
 def run(code, vmxon_first=True, user=False):
@@ -48,3 +49,13 @@ def test_vmxon_operand_fault():
 def test_cpl3_is_a_general_protection_fault_before_the_operand_is_read():
     b, stop, r = run("mov rax, 0x61000\nvmptrld [rax]", user=True)
     assert (r["R15"], r["R8"], r["R14"]) == (13, 0, 0)
+
+
+@pytest.mark.parametrize("code,vector", [
+    ("mov rax, 0x8000000000000000\nvmptrld [rax]", 13),
+    ("mov rax, 0x8000000000000000\nmov rbx, 0x681e\nvmread [rax], rbx", 13),
+    ("mov rbp, 0x8000000000000000\nvmptrst [rbp]", 12),           # through SS: #SS(0)
+])
+def test_noncanonical_operand_is_gp_or_ss(code, vector):
+    b, stop, r = run(code)
+    assert (r["R15"], r["R8"], r["R14"]) == (vector, 0, 0)

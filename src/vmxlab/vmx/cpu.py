@@ -419,6 +419,11 @@ class VmxCpu:
             early = self.vmx._common(ctx)             # #UD, #GP before any memory operand is read
             if early is not None:
                 return self._finish_insn(early, ev)
+        # (VMXON: only past its #UD conditions, which come first)
+        if k is not Kind.VMXON or (ctx.cr4 & AR.CR4_VMXE and ctx.cr0 & AR.CR0_PE):
+            bad = self._noncanonical_operand(insn, ctx)
+            if bad is not None:
+                return self._finish_insn(bad, ev)
         try:
             out = self._execute(k, ctx, insn)
         except PG.PageFault as pf:                    # a memory operand that cannot be accessed
@@ -442,6 +447,10 @@ class VmxCpu:
             return None                                # (#UD conditions: the general path)
         read = ev.kind is Kind.VMREAD
         bits = self._operand_bits(ctx)
+        if ctx.cpl == 0:
+            bad = self._noncanonical_operand(insn, ctx)
+            if bad is not None:
+                return self._finish_insn(bad, ev)
         try:
             enc = read_operand(m, insn, 1 if read else 0, bits // 8)
             bitmap = v.get(F.VMREAD_BITMAP if read else F.VMWRITE_BITMAP, 0)
@@ -460,6 +469,17 @@ class VmxCpu:
             self._ept_exit(Stop(StopReason.SECOND_STAGE, ev.rip, Event(Kind.SECOND_STAGE, ev.rip, detail=r), str(r)))
             return Action.DONE
         return self._finish_insn(out, ev)
+
+    def _noncanonical_operand(self, insn, ctx: Context) -> Outcome | None:
+        """64-bit mode: a memory operand at a non-canonical address is #GP(0), or
+        #SS(0) through SS (the VMX instructions' "64-Bit Mode Exceptions")."""
+        if not (ctx.efer_lma and ctx.cs_l) or insn is None or not XI.has_memory_operand(insn):
+            return None
+        address = operand_address(self.m, insn)
+        if AR.canonical(address, self.m.linear_bits):
+            return None
+        stack = insn.memory_segment == I.Register.SS
+        return Outcome("exception", vector=EV.SS if stack else EV.GP, error_code=0)
 
     def _operand_fault(self, pf: PG.PageFault, ev: Event) -> Action:
         """#PF for a VMX instruction's memory operand: delivered (CR2 = the address),
