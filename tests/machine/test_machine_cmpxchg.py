@@ -82,3 +82,12 @@ def test_read_only_destination_faults_as_a_write_whatever_the_comparison(accumul
     assert e.q(KSTACK - 48) == 0b111                  # error code: P, W/R = write, U/S
     assert e.q(KSTACK - 40) == CODE + 7               # the faulting CMPXCHG
     assert e.reg("RAX") == accumulator                # nothing written
+
+
+def test_a_destination_in_nonexistent_physical_memory_stops_the_run_before_the_instruction():
+    # the 2-MiB page at linear 0x3E00000 maps physical 0x3E00000, beyond the 16 MiB of RAM
+    e = Env()
+    at = e.code("mov rbx, 0x3e00010\nat: lock cmpxchg dword ptr [rbx], ecx\nhlt").labels["at"]
+    st = e.m.run(time_budget=2)
+    assert st.reason == StopReason.NONEXISTENT_MEMORY
+    assert st.rip == at and e.state("GUEST_RIP") == at            # not executed

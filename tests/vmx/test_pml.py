@@ -62,3 +62,22 @@ def test_without_epts_accessed_and_dirty_flags_nothing_is_logged():
     b, stop = run(511, ad=False)
     assert b.exits == [] and stop.reason.value == "halted"
     assert entry(b, 511) == 0xAAAAAAAAAAAAAAAA and pml_index(b) == 511
+
+
+def test_an_instruction_emulated_in_python_meets_ept_like_any_other():
+    # CMPXCHG r/m32 in 64-bit mode is executed by the machine itself; its write to a
+    # guest-physical page that EPT does not map is an EPT violation (data write,
+    # bit 1; read bit 0 too: a read-modify-write), the instruction not executed
+    b, eptp = ept_bench()
+    root = eptp & ~0xFFF
+    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
+    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    b.m.mem.write64(pd + 8 * 5, 0)                        # 0xA00000-0xBFFFFF not present
+    b.start("mov rbx, 0xa00010\nat: cmpxchg dword ptr [rbx], ecx\nhlt", controls=CONTROLS,
+            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("exit")),
+            fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1, "PML_ADDRESS": PML_PAGE,
+                    "GUEST_PML_INDEX": 511})
+    b.cpu.run(time_budget=5)
+    e = b.exits[0]
+    assert e.basic == X.EPT_VIOLATION and e.guest_rip == b.guest.labels["at"]
+    assert e.guest_physical == 0xA00010 and e.qualification & 0b10

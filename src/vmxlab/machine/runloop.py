@@ -467,6 +467,10 @@ class RunControl:
             self._pending.append(("fault", f, site.insn))
             self._hook_stop = True
             self.engine.stop()
+        except (SecondStageRefusal, NonexistentMemory) as e:
+            self._pending.append(("stop", self._memory_stop(e, address)))
+            self._hook_stop = True
+            self.engine.stop()
 
     def _client_inline(self, site) -> None:
         """Hand an intercepted instruction to the client inside the code or #UD hook,
@@ -604,6 +608,10 @@ class RunControl:
             self._pending.append(("raise", e))
             self._hook_stop = True
             self.engine.stop()
+        except (SecondStageRefusal, NonexistentMemory) as e:
+            self._pending.append(("stop", self._memory_stop(e, rip)))
+            self._hook_stop = True
+            self.engine.stop()
         return True
 
     def _exception_int1(self, rip: int) -> None:
@@ -731,7 +739,21 @@ class RunControl:
         except Fault as f:
             self._exception(EventInfo(f.vector, EV.INTR_TYPE_HARD_EXCEPTION, f.error_code, cr2=f.cr2),
                             address, False)
+        except (SecondStageRefusal, NonexistentMemory) as e:
+            return self._memory_stop(e, address)
         return None
+
+    def _memory_stop(self, e: Exception, rip: int) -> Stop:
+        """An instruction emulated in Python refused by the second stage or touching
+        physical memory that does not exist: the same stop a TLB fill gives (the
+        instruction has not taken effect; RIP stays at it)."""
+        g = self.gprs.read()
+        if g[REG.RIP] != rip:
+            g[REG.RIP] = rip
+            self.gprs.write()
+        if isinstance(e, SecondStageRefusal):
+            return Stop(StopReason.SECOND_STAGE, rip, Event(Kind.SECOND_STAGE, rip, detail=e, address=e.linear), str(e))
+        return Stop(StopReason.NONEXISTENT_MEMORY, rip, Event(Kind.NONEXISTENT_MEMORY, rip, detail=e), str(e))
 
     def _exception_event(self, ev: EventInfo, start: int) -> Stop | None:
         event = Event(Kind.EXCEPTION, start, ev.length, vector=ev.vector, event_type=ev.type,
