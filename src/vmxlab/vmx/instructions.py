@@ -217,31 +217,26 @@ class VmxState:
         return Outcome("succeed", value=self.current)
 
     def vmread(self, ctx: Context, encoding: int, operand_bits: int = 64) -> Outcome:
-        early = self._common(ctx)
-        if early:
-            return early
-        cur = self.current_vmcs
-        if cur is None:
-            return Outcome("fail_invalid")
-        try:
-            return Outcome("succeed", value=vmread(cur, encoding, self.profile, operand_bits))
-        except VmInstructionError as e:
-            return self.fail(e.number)
+        return self._common(ctx) or self._read_field(self.current_vmcs, encoding, operand_bits)
 
     def vmwrite(self, ctx: Context, encoding: int, value: int, operand_bits: int = 64) -> Outcome:
-        early = self._common(ctx)
-        if early:
-            return early
-        cur = self.current_vmcs
-        if cur is None:
-            return Outcome("fail_invalid")
-        try:
-            vmwrite(cur, encoding, value, self.profile, operand_bits)
-        except VmInstructionError as e:
-            return self.fail(e.number)
-        return SUCCEED
+        return self._common(ctx) or self._write_field(self.current_vmcs, encoding, value, operand_bits)
 
     # -- VMREAD / VMWRITE in VMX non-root operation with VMCS shadowing ---------------------
+    def vmread_shadow(self, ctx: Context, link: int, encoding: int, operand_bits: int = 64) -> Outcome:
+        """VMREAD's operation in VMX non-root operation past its VM-exit conditions
+        ("VMCS shadowing" 1, the VMREAD-bitmap bit 0): #GP(0) at CPL > 0, VMfailInvalid
+        without a valid VMCS link pointer, else the field of the VMCS it references
+        (a VMfailValid error goes to the current VMCS)."""
+        return (GP0 if ctx.cpl > 0 else None) or self._read_field(self._shadow(link), encoding, operand_bits)
+
+    def vmwrite_shadow(self, ctx: Context, link: int, encoding: int, value: int,
+                       operand_bits: int = 64) -> Outcome:
+        """VMWRITE's operation in VMX non-root operation past its VM-exit conditions,
+        into the VMCS the link pointer references (as vmread_shadow)."""
+        return (GP0 if ctx.cpl > 0 else None) or self._write_field(self._shadow(link), encoding, value,
+                                                                      operand_bits)
+
     def _shadow(self, link: int) -> Vmcs | None:
         """The VMCS the link pointer references (made active from its region if it is not)."""
         if link == INVALID_POINTER:
@@ -251,32 +246,21 @@ class VmxState:
             vmcs = self.vmcs[link] = region.unpack(self.read_phys(link, self.profile.vmcs_size), self.profile)
         return vmcs
 
-    def vmread_shadow(self, ctx: Context, link: int, encoding: int, operand_bits: int = 64) -> Outcome:
-        """VMREAD's operation in VMX non-root operation past its VM-exit conditions
-        ("VMCS shadowing" 1, the VMREAD-bitmap bit 0): #GP(0) at CPL > 0, VMfailInvalid
-        without a valid VMCS link pointer, else the field of the VMCS it references
-        (a VMfailValid error goes to the current VMCS)."""
-        if ctx.cpl > 0:
-            return GP0
-        shadow = self._shadow(link)
-        if shadow is None:
+    def _read_field(self, target: Vmcs | None, encoding: int, operand_bits: int) -> Outcome:
+        """VMfailInvalid without a VMCS; the field's value; VMfailValid(12) for no such field."""
+        if target is None:
             return Outcome("fail_invalid")
         try:
-            return Outcome("succeed", value=vmread(shadow, encoding, self.profile, operand_bits))
+            return Outcome("succeed", value=vmread(target, encoding, self.profile, operand_bits))
         except VmInstructionError as e:
             return self.fail(e.number)
 
-    def vmwrite_shadow(self, ctx: Context, link: int, encoding: int, value: int,
-                       operand_bits: int = 64) -> Outcome:
-        """VMWRITE's operation in VMX non-root operation past its VM-exit conditions,
-        into the VMCS the link pointer references (as vmread_shadow)."""
-        if ctx.cpl > 0:
-            return GP0
-        shadow = self._shadow(link)
-        if shadow is None:
+    def _write_field(self, target: Vmcs | None, encoding: int, value: int, operand_bits: int) -> Outcome:
+        """VMfailInvalid without a VMCS; VMfailValid(12/13) for no such / a read-only field."""
+        if target is None:
             return Outcome("fail_invalid")
         try:
-            vmwrite(shadow, encoding, value, self.profile, operand_bits)
+            vmwrite(target, encoding, value, self.profile, operand_bits)
         except VmInstructionError as e:
             return self.fail(e.number)
         return SUCCEED
