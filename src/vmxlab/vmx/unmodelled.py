@@ -30,14 +30,18 @@ _BY_FIELD = {
     "VM_EXIT_CONTROLS": ("VM_EXIT_CLEAR_UINV", "VM_EXIT_LOAD_CET_STATE"),
     "SECONDARY_VM_EXIT_CONTROLS": tuple(c.name for c in C.bits_of("SECONDARY_VM_EXIT_CONTROLS")),
 }
-# (field encoding, mask of unmodelled bits, encoding of the gate field, gate bit or 0)
-_CHECKS = tuple(
-    (F.by_name(field).encoding, C.mask_of(*names),
-     F.by_name(C.by_name(C.CONTROL_FIELDS[field].enabled_by).field).encoding if C.CONTROL_FIELDS[field].enabled_by
-     else 0,
-     C.by_name(C.CONTROL_FIELDS[field].enabled_by).mask if C.CONTROL_FIELDS[field].enabled_by else 0,
-     field)
-    for field, names in _BY_FIELD.items())
+
+
+def _check(field: str, names: tuple[str, ...]) -> tuple[int, int, int, int, str]:
+    """(field encoding, mask of its unmodelled bits, encoding and bit of the control
+    that activates the field -- 0, 0 for a field always in effect, field name)."""
+    gate = C.CONTROL_FIELDS[field].enabled_by
+    gate_bit = C.by_name(gate) if gate else None
+    return (F.by_name(field).encoding, C.mask_of(*names),
+            F.by_name(gate_bit.field).encoding if gate_bit else 0, gate_bit.mask if gate_bit else 0, field)
+
+
+_CHECKS = tuple(_check(field, names) for field, names in _BY_FIELD.items())
 
 
 def refuse(v: dict[int, int]) -> None:
