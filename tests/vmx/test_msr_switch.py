@@ -107,16 +107,17 @@ def test_clear_bndcfgs_leaves_zero_for_the_host():
     assert bb.cpu.vmread("GUEST_BNDCFGS") == 0x3001
 
 
-@pytest.mark.parametrize("field,bits,name", [
-    ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_ENCLS_EXITING, "SECONDARY_EXEC_ENCLS_EXITING"),
-    ("SECONDARY_VM_EXEC_CONTROL", C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES, "SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES"),
+@pytest.mark.parametrize("cpu,sec,name", [
+    (0, C.SECONDARY_EXEC_ENCLS_EXITING, "SECONDARY_EXEC_ENCLS_EXITING"),
+    (C.CPU_BASED_TPR_SHADOW, C.SECONDARY_EXEC_VIRTUALIZE_X2APIC_MODE, "SECONDARY_EXEC_VIRTUALIZE_X2APIC_MODE"),
 ])
-def test_a_control_not_modelled_stops_vm_entry_with_its_name(field, bits, name):
+def test_a_control_not_modelled_stops_vm_entry_with_its_name(cpu, sec, name):
     b = Bench()
     b.m.mem.write(BITMAP, bytes(4096))
+    b.m.mem.write(0x201000, bytes(4096))
     with pytest.raises(MachineNotImplemented, match=name):
-        b.start("hlt", controls={field: bits | (P2 if field == "CPU_BASED_VM_EXEC_CONTROL" else 0)},
-                fields={"VIRTUAL_APIC_PAGE_ADDR": 0x201000, "APIC_ACCESS_ADDR": 0x205000})
+        b.start("hlt", controls={"CPU_BASED_VM_EXEC_CONTROL": P2 | cpu, "SECONDARY_VM_EXEC_CONTROL": sec},
+                fields={"VIRTUAL_APIC_PAGE_ADDR": 0x201000})
     assert not b.cpu.vmx.non_root                            # nothing entered
     assert b.cpu.vmx.current_vmcs.launch_state == "clear"
 
@@ -125,18 +126,17 @@ def test_a_secondary_control_counts_only_when_secondary_controls_are_active():
     b = Bench()
     b.m.mem.write(BITMAP, bytes(4096))
     b.start("hlt", controls={"CPU_BASED_VM_EXEC_CONTROL": 0},
-            fields={"SECONDARY_VM_EXEC_CONTROL": C.SECONDARY_EXEC_ENABLE_PML})
+            fields={"SECONDARY_VM_EXEC_CONTROL": C.SECONDARY_EXEC_ENCLS_EXITING})
     assert b.cpu.run(time_budget=5).reason.value == "halted"
 
 
 def test_a_control_not_modelled_written_by_host_code_stops_the_vmresume():
-    def enable_apic_access(cpu):
+    def enable_encls_exiting(cpu):
         cpu.vmwrite("SECONDARY_VM_EXEC_CONTROL",
-                    cpu.vmread("SECONDARY_VM_EXEC_CONTROL") | C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES)
-        cpu.vmwrite("APIC_ACCESS_ADDR", 0x205000)
+                    cpu.vmread("SECONDARY_VM_EXEC_CONTROL") | C.SECONDARY_EXEC_ENCLS_EXITING)
         cpu.vmresume()
     b = Bench()
-    b.start("cpuid\nhlt", host=enable_apic_access)
-    with pytest.raises(MachineNotImplemented, match="SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES"):
+    b.start("cpuid\nhlt", host=enable_encls_exiting)
+    with pytest.raises(MachineNotImplemented, match="SECONDARY_EXEC_ENCLS_EXITING"):
         b.cpu.run(time_budget=5)
     assert not b.cpu.vmx.non_root and b.cpu.exit.basic == X.CPUID   # still in the host after the exit

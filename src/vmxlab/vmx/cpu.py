@@ -51,6 +51,7 @@ from ..machine import registers as REG
 from ..machine import context_blob as CB
 from ..machine.intercepts import Action, Event, Kind, VMX_KINDS
 from ..machine.linear import SecondStageRefusal
+from ..machine.events import MachineNotImplemented
 from ..machine.memory import NonexistentMemory
 from ..machine.operands import operand_address, read_operand, segment_base, set_gpr, write_operand
 from ..machine.runloop import Stop, StopReason
@@ -172,6 +173,14 @@ class _Lazy:
     v: dict                      # its values
 
 
+class ApicAccess(Exception):
+    """An access to the APIC-access page (a second-stage refusal's payload)."""
+
+    def __init__(self, gpa: int):
+        super().__init__(f"APIC-access page access at {gpa:#x}")
+        self.gpa = gpa
+
+
 class VmxCpu:
     def __init__(self, machine):
         self.m = machine
@@ -185,6 +194,7 @@ class VmxCpu:
         self._pending_stop: Stop | None = None
         self._ept = None                       # (eptp, mbec) when EPT is on in non-root operation
         self._pml = None                       # _pml_log while "enable PML" is 1
+        self._apic_page: int | None = None      # the APIC-access page while "virtualize APIC accesses" is 1
         self._in_host = False
         self._lazy: _Lazy | None = None
         self._plan = None                      # (VMCS, checks Entry) reused by quick re-entries
@@ -763,10 +773,15 @@ class VmxCpu:
         kinds, bitmap = subscription
         m.intercept(*kinds, exceptions=bitmap)
         self._rearm(v)
+        apic = v.get(F.APIC_ACCESS_ADDR, 0) & ~0xFFF if sec & C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES else None
+        self._apic_page = apic
         if sec & C.SECONDARY_EXEC_ENABLE_EPT:
             self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
             self._pml = self._pml_log if sec & C.SECONDARY_EXEC_ENABLE_PML else None
-            m.set_second_stage(self._second_stage, tag=self._ept)
+            m.set_second_stage(self._second_stage, tag=self._ept if apic is None else (self._ept, apic))
+        elif apic is not None:
+            self._ept = None                      # guest-physical = physical, but the APIC-access page
+            m.set_second_stage(self._apic_stage, tag=("apic", apic))
         else:
             self._ept = None
             m.second_stage = None
@@ -1161,6 +1176,8 @@ class VmxCpu:
                               pml=self._pml)
         except (EPT.EptViolation, EPT.EptMisconfig, EPT.PmlFull) as e:
             raise SecondStageRefusal(e) from None
+        if self._apic_page is not None and t.hpa & ~0xFFF == self._apic_page:
+            raise SecondStageRefusal(ApicAccess(gpa))
         allowed = (PG.READ if t.perms & 1 else 0) | (PG.WRITE if t.perms & 2 else 0) \
             | (PG.FETCH if t.perms & 4 else 0)
         if eptp & 0x40 and not t.dirty:
@@ -1168,6 +1185,61 @@ class VmxCpu:
             # once it is set (a later write comes back through a new fill).
             allowed &= ~PG.WRITE
         return t.hpa, allowed
+
+    def _apic_stage(self, gpa: int, access: int, linear, paging_entry: bool):
+        """Without EPT, "virtualize APIC accesses" still singles out one physical page."""
+        if gpa & ~0xFFF == self._apic_page:
+            raise SecondStageRefusal(ApicAccess(gpa))
+        return gpa, PG.READ | PG.WRITE | PG.FETCH
+
+    def _apic_access(self, stop: Stop, refusal) -> None:
+        """An access to the APIC-access page ("Virtualizing Memory-Mapped APIC Accesses";
+        APIC-register virtualization and virtual-interrupt delivery are not modelled, so
+        both are 0): with "use TPR shadow", a 32-bit MOV reading or writing offset 80H is
+        virtualized on VTPR; anything else is an APIC-access VM exit, fault-like, with
+        the offset and access type ("Exit Qualification for APIC-Access VM Exits")."""
+        v = self.vmx.current_vmcs.values
+        ev = stop.event
+        offset = (refusal.gpa if refusal.gpa is not None else refusal.payload.gpa) & 0xFFF
+        vectoring = ev.vectoring if ev is not None else None
+        if refusal.paging_entry:
+            kind = 10 if vectoring is not None else 15            # guest-physical access
+        elif vectoring is not None:
+            kind = 3                                              # linear access during event delivery
+        elif refusal.access == PG.FETCH:
+            kind = 2
+        else:
+            kind = 1 if refusal.access == PG.WRITE else 0
+            if 0x80 <= offset < 0x84 and self._controls(v)[0] & C.CPU_BASED_TPR_SHADOW:
+                self._virtual_tpr_access(stop.rip, offset, v)
+                return
+        self._exit(X.APIC_ACCESS, offset | kind << 12, stop.rip, vectoring=vectoring)
+
+    def _virtual_tpr_access(self, rip: int, offset: int, v: dict[int, int]) -> None:
+        """MOV r32, [80H] reads VTPR; MOV [80H], r32/imm32 writes it, then "TPR
+        Virtualization" (a trap-like TPR-below-threshold exit when VTPR[7:4] drops below
+        TPR threshold[3:0]).  Other accesses to 80H-83H are not modelled."""
+        m = self.m
+        insn = m.decode_at(rip)
+        vtpr_at = v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80
+        code = insn.code
+        if offset == 0x80 and code == I.Code.MOV_R32_RM32:
+            set_gpr(m, insn.op0_register, int.from_bytes(m.mem.read(vtpr_at, 4), "little"))
+        elif offset == 0x80 and code in (I.Code.MOV_RM32_R32, I.Code.MOV_RM32_IMM32):
+            value = read_operand(m, insn, 1, 4)
+            m.mem.write(vtpr_at, value.to_bytes(4, "little"))
+            if (value >> 4) & 0xF < v.get(F.TPR_THRESHOLD, 0) & 0xF:
+                g = m.gprs.read()
+                g[REG.RIP] = rip + insn.len
+                m.gprs.write()
+                self._exit(X.TPR_BELOW_THRESHOLD, 0, rip + insn.len)
+                return
+        else:
+            raise MachineNotImplemented(f"{insn} at {rip:#x}: this access to VTPR through the APIC-access page "
+                                        "is not modelled (32-bit MOV to or from offset 80H is)")
+        g = m.gprs.read()
+        g[REG.RIP] = rip + insn.len
+        m.gprs.write()
 
     def _pml_log(self, gpa: int, sets_dirty: bool) -> None:
         """"Page-Modification Logging": with the PML index outside 0-511 the access
@@ -1190,6 +1262,9 @@ class VmxCpu:
         gpa = refusal.gpa if getattr(refusal, "gpa", None) is not None else payload.gpa   # the exact address
         if isinstance(payload, EPT.EptMisconfig):
             self._exit(X.EPT_MISCONFIG, 0, stop.rip, gpa=gpa)
+            return
+        if isinstance(payload, ApicAccess):
+            self._apic_access(stop, refusal)
             return
         if isinstance(payload, EPT.PmlFull):
             self._exit(X.PML_FULL, 0, stop.rip, vectoring=ev.vectoring if ev is not None else None)
