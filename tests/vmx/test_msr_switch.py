@@ -107,12 +107,13 @@ def test_clear_bndcfgs_leaves_zero_for_the_host():
     assert bb.cpu.vmread("GUEST_BNDCFGS") == 0x3001
 
 
-@pytest.mark.parametrize("cpu,sec,name", [
-    (0, C.SECONDARY_EXEC_ENCLS_EXITING, "SECONDARY_EXEC_ENCLS_EXITING"),
-    (C.CPU_BASED_TPR_SHADOW, C.SECONDARY_EXEC_VIRTUALIZE_X2APIC_MODE, "SECONDARY_EXEC_VIRTUALIZE_X2APIC_MODE"),
+@pytest.mark.parametrize("profile,cpu,sec,name", [
+    ("skylake-client", 0, C.SECONDARY_EXEC_ENCLS_EXITING, "SECONDARY_EXEC_ENCLS_EXITING"),
+    ("icelake-server", C.CPU_BASED_TPR_SHADOW, C.SECONDARY_EXEC_APIC_REGISTER_VIRT,
+     "SECONDARY_EXEC_APIC_REGISTER_VIRT"),
 ])
-def test_a_control_not_modelled_stops_vm_entry_with_its_name(cpu, sec, name):
-    b = Bench()
+def test_a_control_not_modelled_stops_vm_entry_with_its_name(profile, cpu, sec, name):
+    b = Bench(profile)
     b.m.mem.write(BITMAP, bytes(4096))
     b.m.mem.write(0x201000, bytes(4096))
     with pytest.raises(MachineNotImplemented, match=name):

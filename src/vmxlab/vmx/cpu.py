@@ -845,6 +845,8 @@ class VmxCpu:
             bitmap = v.get(F.MSR_BITMAP, 0) if cpu & C.CPU_BASED_USE_MSR_BITMAPS else None
             if msr_exits(bitmap, ev.msr, k == Kind.WRMSR, self._host_byte):
                 return self._instruction_exit(ev, X.MSR_READ if k == Kind.RDMSR else X.MSR_WRITE)
+            if ev.msr == 0x808 and sec & C.SECONDARY_EXEC_VIRTUALIZE_X2APIC_MODE:
+                return self._x2apic_tpr(ev, v)
             return Action.NATIVE
         if k == Kind.IO:
             maps = (v.get(F.IO_BITMAP_A, 0), v.get(F.IO_BITMAP_B, 0)) if cpu & C.CPU_BASED_USE_IO_BITMAPS else None
@@ -1069,6 +1071,31 @@ class VmxCpu:
         if now - self._ple_first > v.get(F.PLE_WINDOW, 0):
             return self._instruction_exit(ev, X.PAUSE_INSTRUCTION)
         return Action.NATIVE
+
+    def _x2apic_tpr(self, ev: Event, v: dict[int, int]) -> Action:
+        """RDMSR/WRMSR of the x2APIC TPR (808H) with "virtualize x2APIC mode" and
+        APIC-register virtualization 0 ("Virtualizing MSR-Based APIC Accesses"): RDMSR
+        reads bytes 87H:80H of the virtual-APIC page into EDX:EAX; WRMSR with EDX:EAX
+        bits 63:8 clear writes them there, then "TPR Virtualization" (a trap-like
+        TPR-below-threshold exit); bits 63:8 set: #GP(0)."""
+        m = self.m
+        at = v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80
+        g = m.gprs.read()
+        if ev.kind == Kind.RDMSR:
+            value = m.mem.read64(at)
+            g[REG.RAX], g[REG.RDX] = value & 0xFFFFFFFF, value >> 32
+            g[REG.RIP] = ev.rip + ev.length
+            m.gprs.write()
+            return Action.DONE
+        value = ((g[REG.RDX] & 0xFFFFFFFF) << 32) | (g[REG.RAX] & 0xFFFFFFFF)
+        if value >> 8:
+            return self._raise(EV.GP, 0, ev.rip)
+        m.mem.write64(at, value)
+        g[REG.RIP] = ev.rip + ev.length
+        m.gprs.write()
+        if value >> 4 < v.get(F.TPR_THRESHOLD, 0) & 0xF:
+            return self._exit(X.TPR_BELOW_THRESHOLD, 0, ev.rip + ev.length)
+        return Action.DONE
 
     def _mov_to_vtpr(self, ev: Event, v: dict[int, int], value: int) -> Action:
         """MOV to CR8 with "use TPR shadow" ("Virtualizing MOV to CR8"): #GP(0) for bits
