@@ -83,6 +83,10 @@ _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUE
                                      F.GUEST_PDPTR2, F.GUEST_PDPTR3, F.VMX_PREEMPTION_TIMER_VALUE,
                                      *MS.GUEST_FIELDS)))
 _UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
+# the exit-information fields every VM exit writes, in _exit's order
+_EXIT_INFO_FIELDS = (F.VM_EXIT_REASON, F.EXIT_QUALIFICATION, F.VM_EXIT_INSTRUCTION_LEN, F.VMX_INSTRUCTION_INFO,
+                     F.VM_EXIT_INTR_INFO, F.VM_EXIT_INTR_ERROR_CODE, F.IDT_VECTORING_INFO_FIELD,
+                     F.IDT_VECTORING_ERROR_CODE)
 # the fields _nonroot_subscription reads
 _SUBSCRIPTION_INPUT = (F.CPU_BASED_VM_EXEC_CONTROL, F.SECONDARY_VM_EXEC_CONTROL, F.PIN_BASED_VM_EXEC_CONTROL,
                        F.CR0_GUEST_HOST_MASK, F.CR4_GUEST_HOST_MASK, F.EXCEPTION_BITMAP,
@@ -1322,14 +1326,8 @@ class VmxCpu:
         if vectoring is not None:
             idt_info = EV.intr_info(vectoring.vector, vectoring.type, vectoring.error_code is not None)
             idt_err = vectoring.error_code or 0
-        v[F.VM_EXIT_REASON] = reason
-        v[F.EXIT_QUALIFICATION] = qualification & ((1 << 64) - 1)
-        v[F.VM_EXIT_INSTRUCTION_LEN] = length
-        v[F.VMX_INSTRUCTION_INFO] = insn_info
-        v[F.VM_EXIT_INTR_INFO] = intr_info
-        v[F.VM_EXIT_INTR_ERROR_CODE] = intr_error
-        v[F.IDT_VECTORING_INFO_FIELD] = idt_info
-        v[F.IDT_VECTORING_ERROR_CODE] = idt_err
+        v.update(zip(_EXIT_INFO_FIELDS, (reason, qualification & ((1 << 64) - 1), length, insn_info, intr_info,
+                                         intr_error, idt_info, idt_err)))
         if gla is not None:
             v[F.GUEST_LINEAR_ADDRESS] = gla & ((1 << 64) - 1)
         if gpa is not None:
