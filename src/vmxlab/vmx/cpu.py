@@ -496,19 +496,12 @@ class VmxCpu:
         return Outcome("exception", vector=EV.SS if stack else EV.GP, error_code=0)
 
     def _operand_fault(self, pf: PG.PageFault, ev: Event) -> Action:
-        """#PF for a VMX instruction's memory operand: delivered (CR2 = the address),
-        or in VMX non-root operation a VM exit if the exception bitmap says so
-        (qualification = the address, CR2 unchanged)."""
+        """#PF for a VMX instruction's memory operand: in VMX non-root operation as any
+        guest exception (_raise); in root operation delivered (CR2 = the address)."""
         if self.vmx.non_root:
-            event = Event(Kind.EXCEPTION, ev.rip, vector=EV.PF, event_type=EV.INTR_TYPE_HARD_EXCEPTION,
-                          error_code=pf.error_code, cr2=pf.linear)
-            action = self._exception(event, self.vmx.current_vmcs.values)
-            if action != Action.NATIVE:
-                return action
+            return self._raise(EV.PF, pf.error_code, ev.rip, cr2=pf.linear)
         self.m._set_cr2(pf.linear)
-        problem = self.m.deliver(EV.PF, EV.INTR_TYPE_HARD_EXCEPTION, pf.error_code)
-        if problem is not None and self.vmx.non_root:
-            return self._event_exit(problem)
+        self.m.deliver(EV.PF, EV.INTR_TYPE_HARD_EXCEPTION, pf.error_code)
         return Action.DONE
 
     def _vmrw_fast(self, ev: Event) -> bool:
@@ -934,15 +927,19 @@ class VmxCpu:
     def _host_byte(self, address: int) -> int:
         return self.m.mem.read(address, 1)[0] if self.m.mem.contains(address, 1) else 0xFF
 
-    def _raise(self, vector: int, error_code: int | None = None, rip: int | None = None) -> Action:
+    def _raise(self, vector: int, error_code: int | None = None, rip: int | None = None,
+               cr2: int | None = None) -> Action:
         """An exception raised by a guest instruction in non-root operation: a VM exit
-        if the exception bitmap says so, else delivered through the guest's IDT."""
+        if the exception bitmap says so (a #PF's address as the qualification, CR2
+        unchanged), else delivered through the guest's IDT (CR2 = `cr2` for a #PF)."""
         rip = self.m.rip if rip is None else rip
         ev = Event(Kind.EXCEPTION, rip, vector=vector, event_type=EV.INTR_TYPE_HARD_EXCEPTION,
-                   error_code=error_code)
+                   error_code=error_code, cr2=cr2)
         action = self._exception(ev, self.vmx.current_vmcs.values)
         if action != Action.NATIVE:
             return action
+        if cr2 is not None:
+            self.m._set_cr2(cr2)
         problem = self.m.deliver(vector, EV.INTR_TYPE_HARD_EXCEPTION, error_code)
         if problem is not None:
             return self._event_exit(problem)
@@ -1034,7 +1031,7 @@ class VmxCpu:
                 return self._instruction_exit(ev, X.CR_ACCESS, qual)
             if n == 8 and cpu & C.CPU_BASED_TPR_SHADOW:
                 # "Virtualizing MOV from CR8": bits 3:0 <- VTPR[7:4], bits 63:4 cleared
-                vtpr = self.m.mem.read(v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80, 1)[0]
+                vtpr = self.m.mem.read(self._vtpr(v), 1)[0]
                 set_gpr(m, ev.insn.op_register(0), vtpr >> 4)
                 return self._advance(ev)
             return Action.NATIVE
@@ -1076,17 +1073,33 @@ class VmxCpu:
             return self._instruction_exit(ev, X.PAUSE_INSTRUCTION)
         return Action.NATIVE
 
+    @staticmethod
+    def _vtpr(v: dict[int, int]) -> int:
+        """The physical address of VTPR: offset 80H of the virtual-APIC page."""
+        return v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80
+
+    def _write_vtpr(self, v: dict[int, int], data: bytes, next_rip: int) -> Action:
+        """A virtualized TPR write: `data` at VTPR, the instruction completed, then "TPR
+        Virtualization" (virtual-interrupt delivery is not modelled, so 0): VTPR[7:4]
+        below TPR threshold[3:0] is a trap-like VM exit "TPR below threshold"."""
+        m = self.m
+        m.mem.write(self._vtpr(v), data)
+        g = m.gprs.read()
+        g[REG.RIP] = next_rip
+        m.gprs.write()
+        if data[0] >> 4 < v.get(F.TPR_THRESHOLD, 0) & 0xF:
+            return self._exit(X.TPR_BELOW_THRESHOLD, 0, next_rip)
+        return Action.DONE
+
     def _x2apic_tpr(self, ev: Event, v: dict[int, int]) -> Action:
         """RDMSR/WRMSR of the x2APIC TPR (808H) with "virtualize x2APIC mode" and
         APIC-register virtualization 0 ("Virtualizing MSR-Based APIC Accesses"): RDMSR
         reads bytes 87H:80H of the virtual-APIC page into EDX:EAX; WRMSR with EDX:EAX
-        bits 63:8 clear writes them there, then "TPR Virtualization" (a trap-like
-        TPR-below-threshold exit); bits 63:8 set: #GP(0)."""
+        bits 63:8 clear writes them there, then TPR virtualization; bits 63:8 set: #GP(0)."""
         m = self.m
-        at = v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80
         g = m.gprs.read()
         if ev.kind == Kind.RDMSR:
-            value = m.mem.read64(at)
+            value = m.mem.read64(self._vtpr(v))
             g[REG.RAX], g[REG.RDX] = value & 0xFFFFFFFF, value >> 32
             g[REG.RIP] = ev.rip + ev.length
             m.gprs.write()
@@ -1094,27 +1107,15 @@ class VmxCpu:
         value = ((g[REG.RDX] & 0xFFFFFFFF) << 32) | (g[REG.RAX] & 0xFFFFFFFF)
         if value >> 8:
             return self._raise(EV.GP, 0, ev.rip)
-        m.mem.write64(at, value)
-        g[REG.RIP] = ev.rip + ev.length
-        m.gprs.write()
-        if value >> 4 < v.get(F.TPR_THRESHOLD, 0) & 0xF:
-            return self._exit(X.TPR_BELOW_THRESHOLD, 0, ev.rip + ev.length)
-        return Action.DONE
+        return self._write_vtpr(v, value.to_bytes(8, "little"), ev.rip + ev.length)
 
     def _mov_to_vtpr(self, ev: Event, v: dict[int, int], value: int) -> Action:
         """MOV to CR8 with "use TPR shadow" ("Virtualizing MOV to CR8"): #GP(0) for bits
         63:4 set; VTPR[7:4] <- bits 3:0, VTPR[3:0] and bytes 81H-83H of the virtual-APIC
-        page <- 0; then "TPR Virtualization" (virtual-interrupt delivery is not
-        modelled, so 0): VTPR[7:4] below TPR threshold[3:0] is a trap-like VM exit
-        "TPR below threshold" after the instruction."""
+        page <- 0; then TPR virtualization."""
         if value >> 4:
             return self._raise(EV.GP, 0, ev.rip)
-        vtpr = (value & 0xF) << 4
-        self.m.mem.write(v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80, struct.pack("<I", vtpr))
-        if vtpr >> 4 < v.get(F.TPR_THRESHOLD, 0) & 0xF:
-            self._advance(ev)
-            return self._exit(X.TPR_BELOW_THRESHOLD, 0, ev.rip + ev.length)
-        return self._advance(ev)
+        return self._write_vtpr(v, ((value & 0xF) << 4).to_bytes(4, "little"), ev.rip + ev.length)
 
     def _advance(self, ev: Event) -> Action:
         g = self.m.gprs.read()
@@ -1223,7 +1224,7 @@ class VmxCpu:
             raise SecondStageRefusal(ApicAccess(gpa))
         return gpa, PG.READ | PG.WRITE | PG.FETCH
 
-    def _apic_access(self, stop: Stop, refusal) -> None:
+    def _apic_access(self, stop: Stop, refusal, gpa: int) -> None:
         """An access to the APIC-access page ("Virtualizing Memory-Mapped APIC Accesses";
         APIC-register virtualization and virtual-interrupt delivery are not modelled, so
         both are 0): with "use TPR shadow", a 32-bit MOV reading or writing offset 80H is
@@ -1231,7 +1232,7 @@ class VmxCpu:
         the offset and access type ("Exit Qualification for APIC-Access VM Exits")."""
         v = self.vmx.current_vmcs.values
         ev = stop.event
-        offset = (refusal.gpa if refusal.gpa is not None else refusal.payload.gpa) & 0xFFF
+        offset = gpa & 0xFFF
         vectoring = ev.vectoring if ev is not None else None
         if refusal.paging_entry:
             kind = 10 if vectoring is not None else 15            # guest-physical access
@@ -1252,25 +1253,17 @@ class VmxCpu:
         TPR threshold[3:0]).  Other accesses to 80H-83H are not modelled."""
         m = self.m
         insn = m.decode_at(rip)
-        vtpr_at = v.get(F.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80
         code = insn.code
         if offset == 0x80 and code == I.Code.MOV_R32_RM32:
-            set_gpr(m, insn.op0_register, int.from_bytes(m.mem.read(vtpr_at, 4), "little"))
+            set_gpr(m, insn.op0_register, int.from_bytes(m.mem.read(self._vtpr(v), 4), "little"))
+            g = m.gprs.read()
+            g[REG.RIP] = rip + insn.len
+            m.gprs.write()
         elif offset == 0x80 and code in (I.Code.MOV_RM32_R32, I.Code.MOV_RM32_IMM32):
-            value = read_operand(m, insn, 1, 4)
-            m.mem.write(vtpr_at, value.to_bytes(4, "little"))
-            if (value >> 4) & 0xF < v.get(F.TPR_THRESHOLD, 0) & 0xF:
-                g = m.gprs.read()
-                g[REG.RIP] = rip + insn.len
-                m.gprs.write()
-                self._exit(X.TPR_BELOW_THRESHOLD, 0, rip + insn.len)
-                return
+            self._write_vtpr(v, read_operand(m, insn, 1, 4).to_bytes(4, "little"), rip + insn.len)
         else:
             raise MachineNotImplemented(f"{insn} at {rip:#x}: this access to VTPR through the APIC-access page "
                                         "is not modelled (32-bit MOV to or from offset 80H is)")
-        g = m.gprs.read()
-        g[REG.RIP] = rip + insn.len
-        m.gprs.write()
 
     def _pml_log(self, gpa: int, sets_dirty: bool) -> None:
         """"Page-Modification Logging": with the PML index outside 0-511 the access
@@ -1295,7 +1288,7 @@ class VmxCpu:
             self._exit(X.EPT_MISCONFIG, 0, stop.rip, gpa=gpa)
             return
         if isinstance(payload, ApicAccess):
-            self._apic_access(stop, refusal)
+            self._apic_access(stop, refusal, gpa)
             return
         if isinstance(payload, EPT.PmlFull):
             self._exit(X.PML_FULL, 0, stop.rip, vectoring=ev.vectoring if ev is not None else None)
@@ -1441,10 +1434,7 @@ class VmxCpu:
         if -1 not in lazy.written:
             self._save_guest_now(v)
         self._lazy = None
-        state = self.m.get_state()
-        host = T.load_host(v, state, self.profile.maxphyaddr)
-        self.m.set_state(host)
-        T.load_host_msrs(v, self.m.msrs.poke)
+        self._load_host_state(v, self.m.get_state())
         self._subscribe_root()
         if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
             self.m.flush_tlb()
@@ -1594,13 +1584,15 @@ class VmxCpu:
         else:
             m.set_tsc_deadline(None)
 
+    def _load_host_state(self, v: dict[int, int], state: dict[str, int]) -> None:
+        """"Loading Host State": registers from the host-state area, then the MSRs the
+        VM-exit controls load or clear (before the VM-exit MSR-load area)."""
+        self.m.set_state(T.load_host(v, state, self.profile.maxphyaddr))
+        T.load_host_msrs(v, self.m.msrs.poke)
+
     def _to_host(self, v: dict[int, int], save_guest: bool, state: dict | None = None) -> None:
         m = self.m
-        if state is None:
-            state = m.get_state()
-        host = T.load_host(v, state, self.profile.maxphyaddr)
-        m.set_state(host)
-        T.load_host_msrs(v, m.msrs.poke)
+        self._load_host_state(v, m.get_state() if state is None else state)
         # "Loading MSRs" on VM exit: the VM-exit MSR-load area
         for msr, value in self._msr_area(v.get(F.VM_EXIT_MSR_LOAD_ADDR, 0), v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)):
             why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)
