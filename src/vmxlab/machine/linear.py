@@ -168,11 +168,16 @@ class MemoryAccess:
                 hit = True
             page += PAGE
         if hit:
-            if self._in_client:                  # inside a hook: translated code may be running
-                self._tb_flush_pending = True
-            else:
-                self.engine.flush_tb()
+            self.flush_translated_code()
             self.flush_tlb()
+
+    def flush_translated_code(self) -> None:
+        """Drop unicorn's translated code: now, or at the next boundary when a client
+        runs inside a hook (translated code may be running then)."""
+        if self._in_client:
+            self._tb_flush_pending = True
+        else:
+            self.engine.flush_tb()
 
     def write_host(self, hpa: int, data: bytes) -> None:
         """Write host-physical memory (a loader, the VMX layer's own structures)."""

@@ -298,12 +298,9 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._mtf, self._mtf_rip = (1, None) if pending else (0, None)
         if not self._mtf_hook:
             # every instruction boundary is seen by a code hook; translated blocks without
-            # it are dropped (now, or at the boundary when a client runs inside a hook)
+            # it are dropped
             self._mtf_hook = self.engine.add_hook(ffi.UC.UC_HOOK_CODE, self._mtf_cb, 1, 0)
-            if self._in_client:
-                self._tb_flush_pending = True
-            else:
-                self.engine.flush_tb()
+            self.flush_translated_code()
 
     def request_nmi_window(self, on: bool = True) -> None:
         """An NMI_WINDOW event at the first boundary without NMI or MOV SS blocking."""

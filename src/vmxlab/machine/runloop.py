@@ -468,7 +468,7 @@ class RunControl:
             self._hook_stop = True
             self.engine.stop()
         except (SecondStageRefusal, NonexistentMemory) as e:
-            self._pending.append(("stop", self._memory_stop(e, address)))
+            self._pending.append(("stop", self.memory_stop(e, address)))
             self._hook_stop = True
             self.engine.stop()
 
@@ -609,7 +609,7 @@ class RunControl:
             self._hook_stop = True
             self.engine.stop()
         except (SecondStageRefusal, NonexistentMemory) as e:
-            self._pending.append(("stop", self._memory_stop(e, rip)))
+            self._pending.append(("stop", self.memory_stop(e, rip)))
             self._hook_stop = True
             self.engine.stop()
         return True
@@ -663,13 +663,8 @@ class RunControl:
             exc.write = exc.write or rmw
             exc.args = (f"{'write' if exc.write else 'read'} at physical {exc.address:#x} "
                         f"(linear {linear:#x}): no memory there",)
-        if isinstance(exc, SecondStageRefusal):
-            ev = Event(Kind.SECOND_STAGE, rip, detail=exc, address=ff.linear)
-            self._resume_native = None
-            return Stop(StopReason.SECOND_STAGE, rip, ev, str(exc))
-        if isinstance(exc, NonexistentMemory):
-            ev = Event(Kind.NONEXISTENT_MEMORY, rip, detail=exc, address=ff.linear)
-            return Stop(StopReason.NONEXISTENT_MEMORY, rip, ev, str(exc))
+        if isinstance(exc, (SecondStageRefusal, NonexistentMemory)):
+            return self.memory_stop(exc, rip, ff.linear)
         stack = isinstance(exc, _NonCanonical) and self._stack_access(rip)
         vector, code, cr2 = fault_of_fill(exc, stack)
         self._exception(EventInfo(vector, EV.INTR_TYPE_HARD_EXCEPTION, code, cr2=cr2), rip, False)
@@ -740,20 +735,24 @@ class RunControl:
             self._exception(EventInfo(f.vector, EV.INTR_TYPE_HARD_EXCEPTION, f.error_code, cr2=f.cr2),
                             address, False)
         except (SecondStageRefusal, NonexistentMemory) as e:
-            return self._memory_stop(e, address)
+            return self.memory_stop(e, address)
         return None
 
-    def _memory_stop(self, e: Exception, rip: int) -> Stop:
-        """An instruction emulated in Python refused by the second stage or touching
-        physical memory that does not exist: the same stop a TLB fill gives (the
-        instruction has not taken effect; RIP stays at it)."""
+    def memory_stop(self, e: Exception, rip: int, linear: int | None = None) -> Stop:
+        """The stop for the instruction at `rip` whose access the second stage refused
+        (SECOND_STAGE) or that touched physical memory that does not exist
+        (NONEXISTENT_MEMORY), from a TLB fill or from an instruction executed in
+        Python: nothing of the instruction done, RIP at it."""
         g = self.gprs.read()
         if g[REG.RIP] != rip:
             g[REG.RIP] = rip
             self.gprs.write()
         if isinstance(e, SecondStageRefusal):
-            return Stop(StopReason.SECOND_STAGE, rip, Event(Kind.SECOND_STAGE, rip, detail=e, address=e.linear), str(e))
-        return Stop(StopReason.NONEXISTENT_MEMORY, rip, Event(Kind.NONEXISTENT_MEMORY, rip, detail=e), str(e))
+            self._resume_native = None
+            return Stop(StopReason.SECOND_STAGE, rip,
+                        Event(Kind.SECOND_STAGE, rip, detail=e, address=e.linear if linear is None else linear), str(e))
+        return Stop(StopReason.NONEXISTENT_MEMORY, rip, Event(Kind.NONEXISTENT_MEMORY, rip, detail=e, address=linear),
+                    str(e))
 
     def _exception_event(self, ev: EventInfo, start: int) -> Stop | None:
         event = Event(Kind.EXCEPTION, start, ev.length, vector=ev.vector, event_type=ev.type,

@@ -480,7 +480,7 @@ class VmxCpu:
         except PG.PageFault as pf:
             return self._operand_fault(pf, ev)
         except SecondStageRefusal as r:                # EPT refuses the memory operand
-            self._ept_exit(Stop(StopReason.SECOND_STAGE, ev.rip, Event(Kind.SECOND_STAGE, ev.rip, detail=r), str(r)))
+            self._ept_exit(self.m.memory_stop(r, ev.rip))
             return Action.DONE
         return self._finish_insn(out, ev)
 
