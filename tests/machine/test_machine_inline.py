@@ -19,6 +19,13 @@ def _env(inline: bool) -> H.Env:
     return e
 
 
+def _skip(m, ev) -> None:
+    """The client's RIP write past the intercepted instruction."""
+    g = m.gprs.read()
+    g[REG.RIP] = ev.rip + ev.length
+    m.gprs.write()
+
+
 @BOTH
 def test_client_changes_a_hidden_segment_base(inline):
     """set_state of FS base (hidden segment state: the context blob) inside the
@@ -68,9 +75,7 @@ def test_client_rewrites_the_code_that_follows(inline):
 
     def client(m, ev):
         m.write_host(a.labels["next"], bytes.fromhex("bb 02 00 00 00"))     # mov ebx, 2
-        g = m.gprs.read()
-        g[REG.RIP] = ev.rip + ev.length
-        m.gprs.write()
+        _skip(m, ev)
         return Action.DONE
     e.m.client = client
     assert e.m.run(time_budget=5).reason == StopReason.HALTED
@@ -85,9 +90,7 @@ def test_client_delivers_an_interrupt_through_the_idt(inline):
     e.handler(0x40, "mov r9, 0x40; iretq")
 
     def client(m, ev):
-        g = m.gprs.read()
-        g[REG.RIP] = ev.rip + ev.length
-        m.gprs.write()
+        _skip(m, ev)
         assert m.deliver(0x40, 4) is None                  # software interrupt type
         return Action.DONE
     e.m.client = client
@@ -123,9 +126,7 @@ def test_a_pending_interrupt_raised_by_the_client_is_delivered_at_the_next_bound
 
     def client(m, ev):
         m.raise_interrupt(0x30)
-        g = m.gprs.read()
-        g[REG.RIP] = ev.rip + ev.length
-        m.gprs.write()
+        _skip(m, ev)
         return Action.DONE
     e.m.client = client
     e.code("sti; cpuid; nop; nop; hlt")
@@ -138,9 +139,7 @@ def test_inline_clients_end_no_run_segment():
     e = _env(True)
 
     def client(m, ev):
-        g = m.gprs.read()
-        g[REG.RIP] = ev.rip + ev.length
-        m.gprs.write()
+        _skip(m, ev)
         return Action.DONE
     e.m.client = client
     e.code("mov ecx, 1000; top: push rcx; cpuid; pop rcx; dec ecx; jnz top; hlt")

@@ -3,7 +3,7 @@ accessed/dirty flags on, setting a dirty flag from 0 to 1 writes the 4-KByte
 aligned guest-physical address at PML address + 8 * PML index and decrements the
 index; with the index outside 0-511 the access is a PML-full VM exit (reason 62)
 and neither the flag nor the access happens."""
-from test_vmx_exits import P2, ept_bench
+from test_vmx_exits import P2, ept_bench, ept_pd
 
 from vmxlab.arch import controls as C
 from vmxlab.arch import exits as X
@@ -69,9 +69,7 @@ def test_an_instruction_emulated_in_python_meets_ept_like_any_other():
     # guest-physical page that EPT does not map is an EPT violation (data write,
     # bit 1; read bit 0 too: a read-modify-write), the instruction not executed
     b, eptp = ept_bench()
-    root = eptp & ~0xFFF
-    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
-    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    pd = ept_pd(b, eptp)
     b.m.mem.write64(pd + 8 * 5, 0)                        # 0xA00000-0xBFFFFF not present
     b.start("mov rbx, 0xa00010\nat: cmpxchg dword ptr [rbx], ecx\nhlt", controls=CONTROLS,
             host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("exit")),

@@ -289,6 +289,12 @@ def ept_bench(extra_pages=()):
     return b, eptp
 
 
+def ept_pd(b, eptp):
+    """The EPT page directory of guest-physical 0-1 GiB (entry i maps the 2 MiB at i << 21)."""
+    pdpt = b.m.mem.read64(eptp & ~0xFFF) & ~0xFFF & ((1 << 52) - 1)
+    return b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+
+
 def ept_controls(b):
     return {"CPU_BASED_VM_EXEC_CONTROL": P2,
             "SECONDARY_VM_EXEC_CONTROL": C.SECONDARY_EXEC_ENABLE_EPT | C.SECONDARY_EXEC_ENABLE_VPID}
@@ -306,9 +312,7 @@ def test_guest_runs_under_identity_ept():
 def test_ept_violation_qualification_and_addresses():
     # EPT maps guest-physical 0x200000-0x3FFFFF read-only (a 2-MiB leaf with R|X only)
     b, eptp = ept_bench()
-    root = eptp & ~0xFFF
-    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
-    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    pd = ept_pd(b, eptp)
     b.m.mem.write64(pd + 8, 0x200000 | 0b101 | (6 << 3) | 0x80)
     b.start("mov rax, 0x200010\nmov rbx, [rax]\nmov qword ptr [rax], 1\nhlt", controls=ept_controls(b),
             host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("violation")),
@@ -328,9 +332,7 @@ def test_ept_violation_of_a_read_modify_write_reports_a_data_write():
     # "Exit Qualification for EPT Violations": a read-modify-write "sets bit 1 (data
     # write). Whether it also sets bit 0 (data read) is implementation-specific"
     b, eptp = ept_bench()
-    root = eptp & ~0xFFF
-    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
-    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    pd = ept_pd(b, eptp)
     b.m.mem.write64(pd + 8, 0)                    # guest-physical 0x200000-0x3FFFFF not present
     b.start("mov rax, 0x200010\nadd qword ptr [rax], 1\nhlt", controls=ept_controls(b),
             host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("violation")),
@@ -345,9 +347,7 @@ def test_ept_violation_of_a_read_modify_write_reports_a_data_write():
 
 def test_ept_misconfiguration():
     b, eptp = ept_bench()
-    root = eptp & ~0xFFF
-    pdpt = b.m.mem.read64(root) & ~0xFFF & ((1 << 52) - 1)
-    pd = b.m.mem.read64(pdpt) & ~0xFFF & ((1 << 52) - 1)
+    pd = ept_pd(b, eptp)
     b.m.mem.write64(pd + 8, 0x200000 | 0b010 | (6 << 3) | 0x80)   # write-only: a misconfiguration
     b.start("mov rax, 0x200010\nmov rbx, [rax]\nhlt", controls=ept_controls(b),
             host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("misconfig")),

@@ -40,12 +40,20 @@ def _has(*features: str) -> Callable[[Profile], bool]:
     return lambda p: all(p.has(f) for f in features)
 
 
-def _pat_check(p: Profile, value: int) -> str | None:
+_MTRR_TYPES = (0, 1, 4, 5, 6)          # UC, WC, WT, WP, WB ("MTRR Types and Properties")
+
+
+def _bad_type_byte(value: int, types, name: str, what: str) -> str | None:
+    """The first of the eight bytes of `value` that is not in `types`, named `name`{i}."""
     for i in range(8):
         t = value >> (8 * i) & 0xFF
-        if t not in MEMORY_TYPES:
-            return f"PA{i} = {t:#x} is not a memory type (0, 1, 4, 5, 6, 7)"
+        if t not in types:
+            return f"{name}{i} = {t:#x} is not {what}"
     return None
+
+
+def _pat_check(p: Profile, value: int) -> str | None:
+    return _bad_type_byte(value, MEMORY_TYPES, "PA", "a memory type (0, 1, 4, 5, 6, 7)")
 
 
 def _efer_valid(p: Profile) -> int:
@@ -69,10 +77,9 @@ def _perf_global_valid(p: Profile) -> int:
 
 def _mtrr_def_type_check(p: Profile, value: int) -> str | None:
     t = value & 0xFF
-    return None if t in (0, 1, 4, 5, 6) else f"default type {t:#x} is not a memory type"
+    return None if t in _MTRR_TYPES else f"default type {t:#x} is not a memory type"
 
 
-_MTRR_TYPES = (0, 1, 4, 5, 6)          # UC, WC, WT, WP, WB ("MTRR Types and Properties")
 MTRRCAP = 0xD0A                       # VCNT 10, FIX, WC, SMRR (what Skylake reports)
 
 
@@ -86,11 +93,7 @@ def _mtrr_base_check(p: Profile, value: int) -> str | None:
 
 
 def _mtrr_fixed_check(p: Profile, value: int) -> str | None:
-    for i in range(8):
-        t = value >> (8 * i) & 0xFF
-        if t not in _MTRR_TYPES:
-            return f"byte {i} = {t:#x} is not an MTRR memory type (0, 1, 4, 5, 6)"
-    return None
+    return _bad_type_byte(value, _MTRR_TYPES, "byte ", "an MTRR memory type (0, 1, 4, 5, 6)")
 
 
 def _pkrs_exists(p: Profile) -> bool:
