@@ -33,6 +33,7 @@ from vmxlab.vmx.cpu import VmxCpu
 from vmxlab.vmx.setup import fields_from_state
 
 GUEST, HOST, VMXON, VMCS = 0x70000, 0x48000, 0x100000, 0x101000
+CPUID_LOOP = "top: push rcx\nxor eax, eax\ncpuid\npop rcx\njmp top"     # the guest of 1 and 4
 
 
 def _flat_machine() -> Machine:
@@ -69,7 +70,7 @@ class CpuidLoop:
         self.cpu = cpu = VmxCpu(m)
         for page in (VMXON, VMCS):
             m.load(page, struct.pack("<I", m.profile.revision_id))
-        m.load(GUEST, asm("top: push rcx\nxor eax, eax\ncpuid\npop rcx\njmp top", GUEST).code)
+        m.load(GUEST, asm(CPUID_LOOP, GUEST).code)
         self.stamps: list[int] = []
         self.left = 0
         clock = time.perf_counter_ns
@@ -137,7 +138,7 @@ class MachineFloor:
         from vmxlab.machine import Action, Kind
         from vmxlab.machine import registers as REG
         m = self.m = _flat_machine()
-        m.load(GUEST, asm("top: push rcx\nxor eax, eax\ncpuid\npop rcx\njmp top", GUEST).code)
+        m.load(GUEST, asm(CPUID_LOOP, GUEST).code)
         s = m.get_state()
         s["GUEST_RIP"], s["GUEST_RSP"] = GUEST, 0x7F000
         m.set_state(s)

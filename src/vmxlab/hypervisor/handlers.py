@@ -35,6 +35,8 @@ PONG = 0x706F6E67
 SIGNATURE = b"vmxlab\0\0\0\0\0\0"        # CPUID 40000000H EBX, ECX, EDX
 _GPR = REG.GPRS_NAMES[:16]
 _MASK64 = (1 << 64) - 1
+# MOV DR's register number -> machine control-register index (DR4/DR5 alias DR6/DR7)
+_DR_INDEX = {0: REG.DR0, 1: REG.DR1, 2: REG.DR2, 3: REG.DR3, 4: REG.DR6, 5: REG.DR7, 6: REG.DR6, 7: REG.DR7}
 
 
 class ExitHandler:
@@ -189,17 +191,16 @@ class ExitHandler:
             self.inject(cpu, EV.UD)
             return
         dr7 = cpu.vmread(F.GUEST_DR7)
+        c = cpu.m.ctrl.read()
         if dr7 & AR.DR7_GD:
             # "Debug Exception Conditions": DR6.BD set; the processor clears DR7.GD on
             # entering the #DB handler -- event injection does neither, so the handler does
-            c = cpu.m.ctrl.read()
             c[REG.DR6] = (c[REG.DR6] & ~AR.DR6_B0_B3) | AR.DR6_BD
             cpu.m.ctrl.write()
             cpu.vmwrite(F.GUEST_DR7, dr7 & ~AR.DR7_GD)
             self.inject(cpu, EV.DB)
             return
-        index = {0: REG.DR0, 1: REG.DR1, 2: REG.DR2, 3: REG.DR3, 4: REG.DR6, 5: REG.DR7, 6: REG.DR6, 7: REG.DR7}[dr]
-        c = cpu.m.ctrl.read()
+        index = _DR_INDEX[dr]
         if q["direction"] == 0:
             value = self.regs(cpu, gpr)[0]
             if dr in (5, 7):
