@@ -137,3 +137,30 @@ def test_every_single_bit_change_is_seen_by_the_rules_that_read_it():
                 r = check(vmcs, p, _memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER, all=True)
                 missed = [x.rule.id for x in r.violations if x.rule.klass != MSR_LOAD and x.rule.id not in ran]
                 assert not missed, f"{mode}: {f.name} bit {b} fails {missed}, which do not read it"
+
+
+def test_the_generated_runner_returns_the_first_failing_rule_and_tests_each_guard_once():
+    """changed_plan's runner: rules in order, a false guard passes its whole run of
+    rules, a shared guard is evaluated once, -1 when every rule passes."""
+    from vmxlab.checks.engine import _first_failing
+    calls = []
+
+    def guard(result):
+        def g(v, e):
+            calls.append("guard")
+            return result
+        return g
+
+    def rule(out):
+        def fn(v, k, e):
+            calls.append(out)
+            return out
+        return fn
+
+    off, on = guard(False), guard(True)
+    plan = ((None, rule(None), "r0"), (off, rule("x1"), "r1"), (off, rule("x2"), "r2"),
+            (on, rule(None), "r3"), (on, rule("x4"), "r4"), (None, rule("x5"), "r5"))
+    assert _first_failing(plan)({}, None, None) == 4
+    assert calls == [None, "guard", "guard", None, "x4"]
+    assert _first_failing(plan[:4])({}, None, None) == -1
+    assert _first_failing(((None, rule("y"), "r"),))({}, None, None) == 0

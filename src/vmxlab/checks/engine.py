@@ -245,17 +245,47 @@ def _rules_reading(key: frozenset) -> tuple:
     """(guard, fn, rule) of the rules that read a field of `key`, no field, or
     physical memory (which may have changed whatever the fields), in order."""
     names = {F.BY_ENCODING[enc].name for enc in key if enc in F.BY_ENCODING}
-    plan = tuple((r.guard, r.fn, r) for r in _ORDERED
+    return tuple((r.guard, r.fn, r) for r in _ORDERED
                  if not r.fields or r.memory or names.intersection(r.fields))
-    if len(_BY_FIELDS) < 256:
-        _BY_FIELDS[key] = plan
-    return plan
+
+
+def changed_plan(changed) -> tuple:
+    """(the rules check_changed runs for `changed`, a function (v, k, e) -> the
+    index of the first of them that fails, or -1), cached by the set of fields:
+    VM entries after exits mostly repeat a few sets."""
+    key = changed if changed.__class__ is frozenset else frozenset(changed)
+    got = _BY_FIELDS.get(key)
+    if got is None:
+        plan = _rules_reading(key)
+        got = (plan, _first_failing(plan))
+        if len(_BY_FIELDS) < 256:
+            _BY_FIELDS[key] = got
+    return got
+
+
+def _first_failing(plan: tuple) -> Callable:
+    """One generated function that runs the rules of `plan` in order (each guard
+    once for consecutive rules that share it) and returns the index of the first
+    that fails, or -1: the VM-entry hot path without a Python loop over rules."""
+    lines, scope, guard = ["def run(v, k, e):"], {}, None
+    for i, (g, fn, _r) in enumerate(plan):
+        scope[f"f{i}"] = fn
+        if g is not guard or g is None:
+            guard, indent = g, "    "
+            if g is not None:
+                scope[f"g{i}"] = g
+                lines.append(f"    if g{i}(v, e):")
+        if g is not None:
+            indent = "        "
+        lines.append(f"{indent}if f{i}(v, k, e) is not None: return {i}")
+    lines.append("    return -1")
+    exec(compile("\n".join(lines) + "\n", "<vmxlab.checks changed plan>", "exec"), scope)
+    return scope["run"]
 
 
 def _run_changed(vmcs, profile, changed, memory, instruction, host_lma, mov_ss_blocking, vmcs_pointer, entry):
     """(violations, not_checked) of the rules reading `changed`, stopping at the first violation."""
-    key = frozenset(changed)
-    plan = _BY_FIELDS.get(key) or _rules_reading(key)
+    plan, first_failing = changed_plan(changed)
     k = facts(profile)
     values = vmcs.values
     v = values if len(values) >= _NFIELDS else all_values(values)   # a complete dict is used as is
@@ -265,12 +295,10 @@ def _run_changed(vmcs, profile, changed, memory, instruction, host_lma, mov_ss_b
         e.memory = memory
     else:
         e = Entry(v, k, instruction, host_lma, mov_ss_blocking, memory, vmcs_pointer, vmcs.launch_state)
-    for guard, fn, r in plan:
-        if guard is not None and not guard(v, e):
-            continue
-        out = fn(v, k, e)
-        if out is not None:
-            return [_violation(r, out, v)], []
+    i = first_failing(v, k, e)
+    if i >= 0:
+        _g, fn, r = plan[i]
+        return [_violation(r, fn(v, k, e), v)], []
     if v[F.VM_ENTRY_MSR_LOAD_COUNT]:
         violations: list[Violation] = []
         not_checked: list[NotChecked] = []

@@ -45,7 +45,8 @@ from ..arch import registers as AR
 from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
 from ..caps import msrmodel
 from ..checks import check, check_changed
-from ..checks.engine import entry_context, first_failure_changed
+from ..checks.engine import changed_plan, entry_context, first_failure_changed
+from ..checks.facts import facts
 from ..machine import paging as PG
 from ..machine import registers as REG
 from ..machine import context_blob as CB
@@ -191,7 +192,7 @@ class VmxCpu:
         self.profile = machine.profile
         self.vmx = VmxState(self.profile, machine.mem.read, machine.mem.write, on_flush=self._flush)
         self.hosts: dict[int, Callable[["VmxCpu"], None]] = {}
-        self.exit: ExitInfo | None = None
+        self._last_exit: ExitInfo | tuple | None = None    # a tuple until read (the exit path is hot)
         self.exit_count = 0
         self.observers: list[Callable[["VmxCpu", ExitInfo], None]] = []
         self._stop_request: str | None = None
@@ -202,6 +203,7 @@ class VmxCpu:
         self._in_host = False
         self._lazy: _Lazy | None = None
         self._plan = None                      # (VMCS, checks Entry) reused by quick re-entries
+        self._quick = None                     # _quick_resume's answer for the current lazy round trips
         self._vpid = False
         self._rearm_needed = False
         self._lazy_ok = False
@@ -228,6 +230,14 @@ class VmxCpu:
         m = machine
         m.client = self._client
         self._subscribe_root()
+
+    @property
+    def exit(self) -> ExitInfo | None:
+        """The exit information of the last VM exit (None before the first)."""
+        e = self._last_exit
+        if e.__class__ is tuple:
+            e = self._last_exit = ExitInfo(*e)
+        return e
 
     # ---- processor context for the instructions ------------------------------------------
     def context(self) -> Context:
@@ -298,30 +308,34 @@ class VmxCpu:
         return self._py(self.vmx.vmptrst(self._ctx())).value
 
     def vmread(self, field: str | int) -> int:
-        enc = field if field.__class__ is int else F.by_name(field).encoding
         lazy = self._lazy
-        if lazy is not None:
-            f = self._supported.get(enc)          # right after an exit: CPL 0, a current VMCS
+        if lazy is not None and field.__class__ is int:
+            f = self._supported.get(field)        # right after an exit: CPL 0, a current VMCS
             if f is not None:
-                if (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:    # a guest-state field
-                    self._lazy_guest_field(enc & ~1)
-                return lazy.v.get(enc, 0) & f
-        return self._py(self.vmx.vmread(self._ctx(), enc)).value
+                if (field & 0xC00) == 0x800 and field & ~1 not in lazy.written:    # a guest-state field
+                    self._lazy_guest_field(field & ~1)
+                return lazy.v.get(field, 0) & f
+        if field.__class__ is not int:
+            return self.vmread(F.by_name(field).encoding)
+        return self._py(self.vmx.vmread(self._ctx(), field)).value
 
     def vmwrite(self, field: str | int, value: int) -> None:
-        enc = field if field.__class__ is int else F.by_name(field).encoding
         lazy = self._lazy
-        if lazy is not None:
-            mask = self._writable.get(enc)        # right after an exit: CPL 0, a current VMCS
+        if lazy is not None and field.__class__ is int:
+            mask = self._writable.get(field)      # right after an exit: CPL 0, a current VMCS
             if mask is not None:
-                lazy.v[enc] = value & mask
-                lazy.written.add(enc)
+                lazy.v[field] = value & mask
+                lazy.written.add(field)
                 dirty = self._dirty
                 if dirty is not None:
-                    dirty.add(enc)
+                    dirty.add(field)
                 return
-            if (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:
-                self._lazy_guest_field(enc & ~1)     # HIGH writes keep the low half: fill it first
+        if field.__class__ is not int:
+            self.vmwrite(F.by_name(field).encoding, value)
+            return
+        enc = field
+        if lazy is not None and (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:
+            self._lazy_guest_field(enc & ~1)     # HIGH writes keep the low half: fill it first
         self._py(self.vmx.vmwrite(self._ctx(), enc, value))
         if lazy is not None:
             lazy.written.add(enc & ~1)
@@ -402,6 +416,7 @@ class VmxCpu:
     # ---- VMX root operation (and outside VMX operation) -------------------------------------------
     def _subscribe_root(self) -> None:
         m = self.m
+        self._quick = None
         m.second_stage = None
         m.request_interrupt_window(False)
         m.request_nmi_window(False)
@@ -734,8 +749,8 @@ class VmxCpu:
         v[F.VM_EXIT_REASON] = X.VM_ENTRY_FAILURE | reason
         v[F.EXIT_QUALIFICATION] = qualification
         v[F.VM_ENTRY_INTR_INFO_FIELD] = v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & ~_VALID
-        self.exit = ExitInfo(X.VM_ENTRY_FAILURE | reason, qualification,
-                             guest_rip=v.get(F.GUEST_RIP, 0))
+        self._last_exit = ExitInfo(X.VM_ENTRY_FAILURE | reason, qualification,
+                              guest_rip=v.get(F.GUEST_RIP, 0))
         self._to_host(v, save_guest=False)
 
     # ---- VMX non-root operation ---------------------------------------------------------------
@@ -750,6 +765,7 @@ class VmxCpu:
         differently in non-root operation, go to _nonroot; the rest run natively."""
         m = self.m
         cpu, sec, pin, _ = self._controls(v)
+        self._quick = None
         self._vpid = bool(sec & C.SECONDARY_EXEC_ENABLE_VPID)
         # exits to Python host code can be lazy when the exit has no MSR-store/load
         # area, does not save the preemption timer and switches no MSR by a control
@@ -1313,10 +1329,12 @@ class VmxCpu:
               vectoring=None, timer_expired: bool = False) -> Action:
         """A VM exit ("VM Exits"): exit information, guest state saved, MSRs
         stored, host state and MSRs loaded; then host code at HOST_RIP."""
-        vmcs = self.vmx.current_vmcs
+        vmx = self.vmx
+        vmcs = vmx.vmcs[vmx.current]              # (VMX non-root operation: there is a current VMCS)
         v = vmcs.values
-        idt_info = idt_err = 0
-        if vectoring is not None:
+        if vectoring is None:
+            idt_info = idt_err = 0
+        else:
             idt_info = EV.intr_info(vectoring.vector, vectoring.type, vectoring.error_code is not None)
             idt_err = vectoring.error_code or 0
         v.update(zip(_EXIT_INFO_FIELDS, (reason, qualification & ((1 << 64) - 1), length, insn_info, intr_info,
@@ -1331,13 +1349,14 @@ class VmxCpu:
             v[F.VM_ENTRY_INTR_INFO_FIELD] = entry_info & ~_VALID
             if self._dirty is not None:
                 self._dirty.add(F.VM_ENTRY_INTR_INFO_FIELD)
-        self.exit = ExitInfo(reason, qualification, guest_rip, length, insn_info, gla, gpa, intr_info,
-                             intr_error, idt_info, idt_err)
+        self._last_exit = (reason, qualification, guest_rip, length, insn_info, gla, gpa, intr_info, intr_error,
+                      idt_info, idt_err)
         self.exit_count += 1
+        if self._lazy_ok:
+            handler = self.hosts.get(v.get(F.HOST_RIP, 0))
+            if handler is not None:
+                return self._lazy_exit(handler, guest_rip, vmcs)
         exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
-        handler = self.hosts.get(v.get(F.HOST_RIP, 0))
-        if handler is not None and self._lazy_ok:
-            return self._lazy_exit(handler, guest_rip, vmcs)
         state = self.m.get_state()
         state["GUEST_RIP"] = guest_rip
         if exit_ctl & C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
@@ -1360,7 +1379,11 @@ class VmxCpu:
 
     # ---- the lazy exit to Python host code ------------------------------------------------------
     def _lazy_exit(self, handler, guest_rip: int, vmcs: Vmcs) -> Action:
-        self._lazy = _Lazy(guest_rip, set(), vmcs, vmcs.values)
+        v = vmcs.values
+        v[F.GUEST_RIP] = guest_rip               # saved at once (every handler reads it); the rest when read
+        if self._dirty is not None:
+            self._dirty.add(F.GUEST_RIP)
+        self._lazy = _Lazy(guest_rip, {F.GUEST_RIP}, vmcs, v)
         self.vmx.non_root = False
         if self.observers:
             for fn in self.observers:
@@ -1386,9 +1409,7 @@ class VmxCpu:
         if enc in lazy.written:
             return
         v = lazy.v
-        if enc == F.GUEST_RIP:
-            v[enc] = lazy.guest_rip
-        elif enc in _FAST_GUEST:
+        if enc in _FAST_GUEST:
             v[enc] = self.m.gprs.read()[_FAST_GUEST[enc]]
         else:
             self._save_guest_now(v)
@@ -1429,6 +1450,7 @@ class VmxCpu:
         lazy = self._lazy
         if lazy is None:
             return
+        self._quick = None
         vmcs = self.vmx.current_vmcs
         v = vmcs.values
         if -1 not in lazy.written:
@@ -1447,6 +1469,24 @@ class VmxCpu:
         changes."""
         lazy = self._lazy
         vmcs, v, written = lazy.vmcs, lazy.v, lazy.written
+        q = self._quick
+        if q is not None and written == _RIP_ONLY and q[0] is vmcs and self._dirty_key is q[1] \
+                and self._dirty == _RIP_ONLY:
+            # the usual round trip: the same VMCS entered as at the last lazy resume, only
+            # GUEST_RIP changed (what _fast_reentry and the rest below do in that case)
+            self.quick_checks += 1
+            if q[2](v, q[3], q[4]) < 0 and (q[5] is None or self._compose_round_trip(v, *q[5])):
+                m = self.m
+                m.gprs.values[REG.RIP] = v[F.GUEST_RIP]
+                m.gprs.write_pc()
+                self._lazy = None
+                self._dirty = set()
+                self.vmx.non_root = True
+                if self._rearm_needed:
+                    self._rearm(v)
+                if not self._vpid:
+                    m.flush_tlb()
+                return
         ctx = self._hctx or self._ctx()
         dirty = self._dirty
         key = (id(vmcs), ctx.efer_lma)
@@ -1496,6 +1536,25 @@ class VmxCpu:
             self.m.flush_tlb()
         if v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & _VALID:
             self._inject(v)
+        else:
+            self._quick = self._quick_resume(vmcs, v, key)
+
+    def _quick_resume(self, vmcs: Vmcs, v: dict[int, int], key: tuple) -> tuple | None:
+        """What the next lazy VMRESUME that changed only GUEST_RIP needs, when this
+        VMCS's controls let it skip the rest of _lazy_resume: (VMCS, dirty key, the
+        VM-entry checks that read GUEST_RIP as one function, its arguments, the exit and
+        entry controls when _compose_round_trip must run)."""
+        exit_ctl, entry_ctl = v.get(F.VM_EXIT_CONTROLS, 0), v.get(F.VM_ENTRY_CONTROLS, 0)
+        if self._kept[0] != (exit_ctl, entry_ctl) or v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0) \
+                or entry_ctl & MS.ENTRY_CONTROLS or exit_ctl & MS.EXIT_CHANGES or len(v) < len(F.FIELDS):
+            return None
+        plan = self._plan
+        if plan is None or plan[0] is not vmcs:
+            plan = self._plan = (vmcs, entry_context(vmcs, self.profile, "vmresume", key[1], self.vmx.current))
+        entry = plan[1]
+        entry.memory = self._read_host_or_none
+        compose = None if self._kept[1] else (exit_ctl, entry_ctl)
+        return vmcs, key, changed_plan(_RIP_ONLY)[1], facts(self.profile), entry, compose
 
     def _fast_reentry(self, v: dict[int, int], written: set) -> bool:
         """Apply to the live guest state what exit + entry would change; False when
