@@ -164,3 +164,63 @@ def test_the_generated_runner_returns_the_first_failing_rule_and_tests_each_guar
     assert calls == [None, "guard", "guard", None, "x4"]
     assert _first_failing(plan[:4])({}, None, None) == -1
     assert _first_failing(((None, rule("y"), "r"),))({}, None, None) == 0
+
+
+class _Recording(dict):
+    """Field values that remember which encodings were read."""
+    __slots__ = ("read",)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return dict.__getitem__(self, key)
+
+
+def test_a_guard_reads_only_its_rules_fields():
+    """steady_runner leaves out a guarded rule while its guard stays false; that is
+    sound only when the guard reads fields its rule declares (and the Entry)."""
+    from vmxlab.checks.engine import Entry, all_values, _ORDERED
+    from vmxlab.checks.facts import facts
+    guarded = [r for r in _ORDERED if r.guard is not None]
+    assert guarded
+    for name in caps.shipped():
+        p = checks_support.profile(name)
+        for mode in ("long", "protected"):
+            v = all_values(build(p, mode).vmcs.values)
+            e = Entry(v, facts(p), "vmresume", True, False, None, None, "launched")
+            for r in guarded:
+                rec = _Recording(v)
+                rec.read = set()
+                r.guard(rec, e)
+                declared = {F.by_name(n).encoding for n in r.fields}
+                assert rec.read <= declared, (r.id, [F.BY_ENCODING[x].name for x in rec.read - declared])
+
+
+GUEST_FIELDS = [f for f in WRITABLE if (f.encoding & 0xC00) == 0x800]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from([*caps.shipped(), "synthetic-max"]),
+       mode=st.sampled_from(["long", "compat", "protected"]))
+def test_the_steady_runner_fails_exactly_when_the_incremental_check_does(data, name, mode):
+    """Guest-state fields changed after a successful entry (the Entry stays): the
+    runner VMRESUME's quick round trip uses finds a failing rule exactly when
+    check_changed does (the VM-entry MSR-load area aside: there is none here)."""
+    from vmxlab.checks.engine import all_values, entry_context, steady_runner
+    from vmxlab.checks.facts import facts
+    p = checks_support.profile(name)
+    try:
+        vmcs = build(p, mode).vmcs.copy()
+    except Exception:
+        assume(False)
+    vmcs.values.update(all_values(vmcs.values))      # every field present, as after a VM entry
+    vmcs.launch_state = "launched"
+    assert check(vmcs, p, _memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER).ok
+    chosen = data.draw(st.lists(st.sampled_from(GUEST_FIELDS), min_size=1, max_size=3, unique=True))
+    changed = frozenset(f.encoding for f in chosen)
+    entry = entry_context(vmcs, p, "vmresume", True, VMCS_POINTER)
+    entry.memory = _memory
+    run = steady_runner(changed, vmcs.values, entry)
+    for f in chosen:
+        vmcs.values[f.encoding] = data.draw(st.integers(0, f.mask))
+    quick = check_changed(vmcs, p, set(changed), _memory, instruction="vmresume", vmcs_pointer=VMCS_POINTER)
+    assert (run(vmcs.values, facts(p), entry) >= 0) == (not quick.ok), quick.rule

@@ -263,6 +263,21 @@ def changed_plan(changed) -> tuple:
     return got
 
 
+def steady_runner(changed, v, e: Entry) -> Callable:
+    """changed_plan(changed)'s runner for repeated VM entries with the same VMCS
+    values `v` (a dict holding every field) and Entry `e`, between which only
+    fields of `changed` change: it
+    leaves out the rules that read neither a field nor memory (they read only the
+    Entry: their answer stays) and the guarded rules that read none of `changed`
+    and whose guard is false now (a guard reads only its rule's fields and the
+    Entry: it stays false)."""
+    names = {F.BY_ENCODING[enc].name for enc in changed if enc in F.BY_ENCODING}
+    plan, _ = changed_plan(changed)
+    return _first_failing(tuple(
+        (g, fn, r) for g, fn, r in plan
+        if (r.fields or r.memory) and (g is None or names.intersection(r.fields) or g(v, e))))
+
+
 def _first_failing(plan: tuple) -> Callable:
     """One generated function that runs the rules of `plan` in order (each guard
     once for consecutive rules that share it) and returns the index of the first

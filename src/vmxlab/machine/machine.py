@@ -65,6 +65,10 @@ from .tsc import DEFAULT_HZ, VirtualTsc
 
 CPU_MODEL = ffi.X.UC_CPU_X86_SKYLAKE_SERVER     # SMAP-aware QEMU TLB indexes, AVX, XSAVE
 _MEM = I.OpKind.MEMORY
+# Enum members as module constants where every intercept passes (an Enum class
+# attribute costs ~100 ns in CPython 3.11: EnumType's __getattr__ defeats the cache)
+_K_CPUID, _K_RDMSR, _K_WRMSR, _K_IO = Kind.CPUID, Kind.RDMSR, Kind.WRMSR, Kind.IO
+_K_MOV_TO_CR, _K_MOV_FROM_CR, _K_MOV_DR, _K_LMSW = Kind.MOV_TO_CR, Kind.MOV_FROM_CR, Kind.MOV_DR, Kind.LMSW
 _MEMORY_OPERAND_KINDS = frozenset(Kind) - {Kind.CPUID, Kind.RDMSR, Kind.WRMSR, Kind.IO, Kind.MOV_TO_CR,
                                            Kind.MOV_FROM_CR, Kind.MOV_DR, Kind.HLT, Kind.PAUSE, Kind.RDTSC,
                                            Kind.RDTSCP, Kind.CLTS, Kind.WBINVD, Kind.INVD}
@@ -449,36 +453,36 @@ class Machine(StateAccess, MemoryAccess, RunControl):
     def _instruction_event(self, kind: Kind, insn, rip: int) -> Event:
         ev = Event(kind, rip, insn.len, insn)
         g = self.gprs.read()
-        if kind == Kind.CPUID:
+        if kind is _K_CPUID:
             ev.leaf, ev.subleaf = g[REG.RAX] & 0xFFFFFFFF, g[REG.RCX] & 0xFFFFFFFF
             return ev
-        elif kind in (Kind.RDMSR, Kind.WRMSR):
+        elif kind is _K_RDMSR or kind is _K_WRMSR:
             ev.msr = g[REG.RCX] & 0xFFFFFFFF
-            if kind == Kind.WRMSR:
+            if kind is _K_WRMSR:
                 ev.value = ((g[REG.RDX] & 0xFFFFFFFF) << 32) | (g[REG.RAX] & 0xFFFFFFFF)
-        elif kind == Kind.IO:
+        elif kind is _K_IO:
             is_in, string, size, _dx = EMU.io_decode(insn)
             ev.port, ev.size, ev.is_in, ev.string = EMU.io_port(self, insn, g), size, is_in, string
             ev.rep = string and (insn.has_rep_prefix or insn.has_repe_prefix or insn.has_repne_prefix)
             if not is_in and not string:
                 ev.value = g[REG.RAX] & ((1 << (8 * size)) - 1)
-        elif kind in (Kind.MOV_TO_CR, Kind.MOV_FROM_CR):
+        elif kind is _K_MOV_TO_CR or kind is _K_MOV_FROM_CR:
             cr, reg = EMU._cr_operands(insn)
             ev.cr, ev.gpr = cr, REG.ICED_GPR[reg][0]
-            if kind == Kind.MOV_TO_CR:
+            if kind is _K_MOV_TO_CR:
                 ev.value = OP.gpr_value(self, reg, g)
-        elif kind == Kind.MOV_DR:
+        elif kind is _K_MOV_DR:
             to_dr = insn.op0_register in REG.ICED_DR
             dr_reg, gpr = (insn.op0_register, insn.op1_register) if to_dr else (insn.op1_register, insn.op0_register)
             ev.dr, ev.gpr, ev.write = REG.ICED_DR[dr_reg], REG.ICED_GPR[gpr][0], to_dr
-        if kind == Kind.LMSW:
+        if kind is _K_LMSW:
             ev.value = OP.read_operand(self, insn, 0, 2) if insn.op0_kind != _MEM else None
         if kind in _MEMORY_OPERAND_KINDS and any(insn.op_kind(i) == _MEM for i in range(insn.op_count)):
             try:
                 ev.address = OP.operand_address(self, insn)
             except ValueError:
                 pass
-            if kind == Kind.LMSW:
+            if kind is _K_LMSW:
                 try:
                     ev.value = OP.read_operand(self, insn, 0, 2)
                 except (PG.PageFault, SecondStageRefusal, NonexistentMemory):

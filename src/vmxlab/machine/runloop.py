@@ -89,6 +89,9 @@ class MachineError(RuntimeError):
 
 
 _SOFT_INT_TYPES = (EV.INTR_TYPE_SOFT_INTR, EV.INTR_TYPE_SOFT_EXCEPTION, EV.INTR_TYPE_PRIV_SW_EXCEPTION)
+# (Enum members read on every intercept: module constants, see machine._K_CPUID)
+_DONE, _STOP = Action.DONE, Action.STOP
+_FROM_MTF = 1                 # _on_code's user-data argument when _on_mtf_code calls it
 
 
 class _Watchdog:
@@ -385,7 +388,7 @@ class RunControl:
         # unicorn may skip the hooks after one that wrote RIP: while this hook exists,
         # it runs the address's own hook (sites, breakpoints, counting) after the above
         if self._counting or address in self._code_hooks:
-            self._on_code_body(uc, address, size, ud)
+            self._on_code(uc, address, size, _FROM_MTF)
 
     def _rep_done(self, address: int) -> bool:
         """A REP string instruction re-entered after its last iteration (QEMU jumps back
@@ -403,12 +406,9 @@ class RunControl:
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_code(self, uc, address: int, size: int, ud) -> None:
-        if self._mtf_hook:
-            return                                # _on_mtf_code runs the body
-        self._on_code_body(uc, address, size, ud)
-
-    def _on_code_body(self, uc, address: int, size: int, ud) -> None:
-        if self._hook_stop:
+        """The code hook of sites, breakpoints and counting (user data None: hooks
+        are added without), and the body _on_mtf_code runs (ud _FROM_MTF)."""
+        if self._hook_stop or ud is None and self._mtf_hook:     # (with an MTF hook, _on_mtf_code calls)
             return
         if self._counting:
             if self._count_left <= 0:
@@ -428,7 +428,7 @@ class RunControl:
         site = self.sites.sites.get(address)
         if site is None:
             return
-        if self.mem.view[site.hpa:site.hpa + len(site.raw)] != site.raw:
+        if self.mem.view[site.hpa:site.end] != site.raw:
             self._smc_pending = True                      # stale scan: recheck before running on
             self.sites.written.add(site.hpa & ~0xFFF)
             self._hook_stop = True
@@ -494,7 +494,7 @@ class RunControl:
         finally:
             self._in_client = False
             tsc.resume()
-        if action == Action.DONE:
+        if action is _DONE:
             if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
                     or self._window_irq or self._window_nmi or self._tsc_deadline is not None
                     or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
@@ -506,7 +506,7 @@ class RunControl:
             return
         self._hook_stop = True
         self.engine.stop()
-        if action == Action.STOP:
+        if action is _STOP:
             self._resume_native = site.address
             self._pending.append(("stop", Stop(StopReason.EVENT, site.address, ev)))
         else:

@@ -38,7 +38,7 @@ indistinguishable.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import iced_x86 as I
 
@@ -67,6 +67,10 @@ class Site:
     insn: I.Instruction
     raw: bytes            # the instruction bytes
     hpa: int              # host-physical address of the first byte
+    end: int = field(init=False)     # hpa + len(raw): the bytes each execution re-checks
+
+    def __post_init__(self):
+        self.end = self.hpa + len(self.raw)
 
 
 def scan(code: bytes, base: int, bitness: int = 64) -> list[tuple[int, Kind, I.Instruction, bytes]]:

@@ -49,8 +49,8 @@ class VirtualTsc:
 
     def pause(self) -> None:
         """Guest code stops: the TSC stands still."""
-        if self._running:
-            self._offset += self._elapsed_ticks(self._clock())
+        if self._running:           # (_elapsed_ticks written out: every intercept pauses and resumes)
+            self._offset += (self._clock() - self._origin) * self.hz // 1_000_000_000
             self._running = False
 
     def write(self, value: int) -> None:

@@ -45,7 +45,7 @@ from ..arch import registers as AR
 from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
 from ..caps import msrmodel
 from ..checks import check, check_changed
-from ..checks.engine import changed_plan, entry_context, first_failure_changed
+from ..checks.engine import entry_context, first_failure_changed, steady_runner
 from ..checks.facts import facts
 from ..machine import paging as PG
 from ..machine import registers as REG
@@ -84,6 +84,8 @@ _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUE
                                      F.GUEST_PDPTR2, F.GUEST_PDPTR3, F.VMX_PREEMPTION_TIMER_VALUE,
                                      *MS.GUEST_FIELDS)))
 _UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
+# (Enum members on the exit path: module constants, see machine._K_CPUID)
+_DONE, _STOP = Action.DONE, Action.STOP
 # the exit-information fields every VM exit writes, in _exit's order
 _EXIT_INFO_FIELDS = (F.VM_EXIT_REASON, F.EXIT_QUALIFICATION, F.VM_EXIT_INSTRUCTION_LEN, F.VMX_INSTRUCTION_INFO,
                      F.VM_EXIT_INTR_INFO, F.VM_EXIT_INTR_ERROR_CODE, F.IDT_VECTORING_INFO_FIELD,
@@ -407,10 +409,10 @@ class VmxCpu:
             action = self._nonroot(ev)
         else:
             action = self._root(ev)
-        if self._stop_request is not None and action == Action.DONE:
+        if self._stop_request is not None and action is _DONE:
             self._take_stop_request()
             ev.detail = "vmx-stop"
-            return Action.STOP
+            return _STOP
         return action
 
     # ---- VMX root operation (and outside VMX operation) -------------------------------------------
@@ -1401,7 +1403,7 @@ class VmxCpu:
             if self._stop_request is None:
                 self.stop(f"host code at {self.vmx.current_vmcs.values.get(F.HOST_RIP, 0):#x} returned "
                           "without VMRESUME: the processor is in VMX root operation at HOST_RIP")
-        return Action.DONE
+        return _DONE
 
     def _lazy_guest_field(self, enc: int) -> None:
         """Make the VMCS hold the value the exit saved for guest field `enc`."""
@@ -1542,8 +1544,9 @@ class VmxCpu:
     def _quick_resume(self, vmcs: Vmcs, v: dict[int, int], key: tuple) -> tuple | None:
         """What the next lazy VMRESUME that changed only GUEST_RIP needs, when this
         VMCS's controls let it skip the rest of _lazy_resume: (VMCS, dirty key, the
-        VM-entry checks that read GUEST_RIP as one function, its arguments, the exit and
-        entry controls when _compose_round_trip must run)."""
+        VM-entry checks whose answer a new GUEST_RIP can change as one function
+        (checks.steady_runner), its arguments, the exit and entry controls when
+        _compose_round_trip must run)."""
         exit_ctl, entry_ctl = v.get(F.VM_EXIT_CONTROLS, 0), v.get(F.VM_ENTRY_CONTROLS, 0)
         if self._kept[0] != (exit_ctl, entry_ctl) or v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0) \
                 or entry_ctl & MS.ENTRY_CONTROLS or exit_ctl & MS.EXIT_CHANGES or len(v) < len(F.FIELDS):
@@ -1554,7 +1557,7 @@ class VmxCpu:
         entry = plan[1]
         entry.memory = self._read_host_or_none
         compose = None if self._kept[1] else (exit_ctl, entry_ctl)
-        return vmcs, key, changed_plan(_RIP_ONLY)[1], facts(self.profile), entry, compose
+        return vmcs, key, steady_runner(_RIP_ONLY, v, entry), facts(self.profile), entry, compose
 
     def _fast_reentry(self, v: dict[int, int], written: set) -> bool:
         """Apply to the live guest state what exit + entry would change; False when
