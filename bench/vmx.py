@@ -15,6 +15,10 @@ Three round trips, measured in the same run:
    host's speed drifts); the ratio is the median of the per-batch ratios.
 4. The floor: the same loop on the bare machine, its client advancing RIP inside the
    code hook (no VMX): what the Python handler's round trip costs before VMX.
+5. The engine's floor: raw unicorn, a ctypes code hook on the CPUID that writes RIP
+   past it (no machine at all): what any trap into Python costs on this host.  The
+   machine-code hypervisor takes seven per exit (the guest's CPUID, four VMREAD/
+   VMWRITE, its own CPUID, VMRESUME).
 """
 from __future__ import annotations
 
@@ -164,6 +168,44 @@ class MachineFloor:
         return [b - a for a, b in zip(st, st[1:])]
 
 
+class RawHookFloor:
+    """CPUID_LOOP on a bare unicorn engine (identity-mapped flat memory, no paging
+    hooks): a code hook on the CPUID writes RIP past it; batch(k) as CpuidLoop.batch."""
+
+    def __init__(self):
+        import ctypes
+        import mmap
+        from unicorn import x86_const as X
+        from vmxlab.machine import unicorn_ffi as ffi
+        self._buf = mmap.mmap(-1, 1 << 20)
+        self.engine = e = ffi.Engine(X.UC_CPU_X86_SKYLAKE_CLIENT if hasattr(X, "UC_CPU_X86_SKYLAKE_CLIENT") else 0)
+        e.map_host(0, 1 << 20, ctypes.addressof(ctypes.c_char.from_buffer(self._buf)))
+        code = asm(CPUID_LOOP, 0x1000).code
+        self._buf[0x1000:0x1000 + len(code)] = code
+        site = 0x1000 + code.index(b"\x0f\xa2")
+        rip = ffi.RegBatch(e.handle, [ffi.X.UC_X86_REG_RIP])
+        e.reg_write(ffi.X.UC_X86_REG_RSP, 0x8000)
+        self.stamps: list[int] = []
+        self.left = 0
+        clock = time.perf_counter_ns
+
+        def hook(uc, address, size, ud):
+            self.stamps.append(clock())
+            rip.values[0] = address + 2
+            rip.write_pc()
+            self.left -= 1
+            if self.left < 0:
+                e.stop()
+        self._cb = ffi.CODE_CB(hook)
+        e.add_hook(ffi.UC.UC_HOOK_CODE, self._cb, site, site)
+
+    def batch(self, k: int) -> list[int]:
+        self.stamps, self.left = [], k
+        self.engine.start(0x1000)
+        st = self.stamps
+        return [b - a for a, b in zip(st, st[1:])]
+
+
 def python_handler_beside_kvm(n: int, batch: int = 2000):
     """Both round trips in interleaved batches (the host's speed drifts): per-exit
     samples of each, and the per-batch ratios of the medians."""
@@ -219,11 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     sim_ns, kvm, ratios, _quick = python_handler_beside_kvm(args.exits)
     mc, mc_exits = machine_code_round_trip(max(args.exits // 10, 10))
     floor_med, floor_p90 = _median_p90(MachineFloor().batch(max(args.exits // 5, 100)))
+    raw_med, raw_p90 = _median_p90(RawHookFloor().batch(max(args.exits // 5, 100)))
     py_med, py_p90 = _median_p90(sim_ns)
     print(f"VM-exit round trip, {args.exits:,} exits (guest CPUID -> host -> VMRESUME)")
     print(f"  Python handler (simulator)        median {py_med:6.1f} us   p90 {py_p90:6.1f} us")
     print(f"  machine-code hypervisor           mean   {mc:6.1f} us   ({mc_exits:,} exits)")
     print(f"  bare machine, no VMX (the floor)  median {floor_med:6.1f} us   p90 {floor_p90:6.1f} us")
+    print(f"  raw unicorn hook into Python      median {raw_med:6.1f} us   p90 {raw_p90:6.1f} us   "
+          "(any trap; machine code takes 7 per exit)")
     if isinstance(kvm, str):
         print(f"  /dev/kvm reference (CPL0 OUT)     {kvm}")
     else:

@@ -30,7 +30,7 @@ def test_bench_vmx_without_kvm_keeps_the_simulator_figures():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Python handler (simulator)" in r.stdout and "machine-code hypervisor" in r.stdout
-    assert "bare machine, no VMX" in r.stdout
+    assert "bare machine, no VMX" in r.stdout and "raw unicorn hook into Python" in r.stdout
     assert "/nonexistent/kvm does not exist" in r.stdout and "Traceback" not in r.stderr
 
 
@@ -38,3 +38,11 @@ def test_bench_vmx_rejects_a_tiny_count():
     r = subprocess.run([sys.executable, "-m", "bench.vmx", "--exits", "5"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_raw_hook_floor_times_the_exits_asked_for():
+    sys.path.insert(0, ROOT)
+    from bench.vmx import RawHookFloor
+    floor = RawHookFloor()
+    assert len(floor.batch(40)) == 40
+    assert len(floor.batch(10)) == 10
