@@ -53,15 +53,19 @@ _hook_add = uclib.uc_hook_add
 _hook_del = uclib.uc_hook_del
 # Hot functions through a second handle of the same library without argtypes:
 # ctypes then skips argument conversion (about half the cost of a call); callers
-# pass ctypes objects only.
+# pass ctypes objects only.  The quick ones (register and context copies: no
+# hooks, no waiting) go through a PyDLL handle, which keeps the GIL instead of
+# releasing and retaking it around the call (about a third of their cost);
+# uc_emu_start must release it (the watchdog thread stops runaway guests).
 _raw = ctypes.CDLL(uclib._name)
+_quick = ctypes.PyDLL(uclib._name)
 _emu_start = _raw.uc_emu_start
 _emu_stop = _raw.uc_emu_stop
-_read_batch = _raw.uc_reg_read_batch
-_write_batch = _raw.uc_reg_write_batch
-_reg_write = _raw.uc_reg_write
-_ctx_save = _raw.uc_context_save
-_ctx_restore = _raw.uc_context_restore
+_read_batch = _quick.uc_reg_read_batch
+_write_batch = _quick.uc_reg_write_batch
+_reg_write = _quick.uc_reg_write
+_ctx_save = _quick.uc_context_save
+_ctx_restore = _quick.uc_context_restore
 for _f in (_emu_start, _emu_stop, _read_batch, _write_batch, _reg_write, _ctx_save, _ctx_restore):
     _f.restype = c_int
 _RIP_ID = c_int(X.UC_X86_REG_RIP)
