@@ -313,9 +313,9 @@ class VmxCpu:
         lazy = self._lazy
         if lazy is not None and field.__class__ is int:
             f = self._supported.get(field)        # right after an exit: CPL 0, a current VMCS
-            if f is not None:
-                if (field & 0xC00) == 0x800 and field & ~1 not in lazy.written:    # a guest-state field
-                    self._lazy_guest_field(field & ~1)
+            if f is not None:                     # (a full-access encoding: even)
+                if (field & 0xC00) == 0x800 and field not in lazy.written:    # a guest-state field
+                    self._lazy_guest_field(field)
                 return lazy.v.get(field, 0) & f
         if field.__class__ is not int:
             return self.vmread(F.by_name(field).encoding)
@@ -406,7 +406,11 @@ class VmxCpu:
     # ---- the machine client -----------------------------------------------------------------
     def _client(self, m, ev: Event) -> Action:
         if self.vmx.non_root:
-            action = self._nonroot(ev)
+            reason = _UNCONDITIONAL.get(ev.kind)
+            if reason is not None:                # CPUID, INVD, XSETBV, VMCALL: always exit
+                action = self._exit(reason, 0, ev.rip, length=ev.length)
+            else:
+                action = self._nonroot(ev)
         else:
             action = self._root(ev)
         if self._stop_request is not None and action is _DONE:
@@ -849,10 +853,9 @@ class VmxCpu:
         return tuple(kinds), bitmap
 
     def _nonroot(self, ev: Event) -> Action:
+        """An intercepted event in VMX non-root operation (the unconditional exits
+        are _client's): a VM exit, a virtualized behaviour, or native execution."""
         k = ev.kind
-        reason = _UNCONDITIONAL.get(k)
-        if reason is not None:                    # CPUID, INVD, XSETBV, VMCALL: always exit
-            return self._exit(reason, 0, ev.rip, length=ev.length)
         v = self.vmx.current_vmcs.values
         cpu, sec, pin, _ = self._controls(v)
         m = self.m
@@ -1383,8 +1386,9 @@ class VmxCpu:
     def _lazy_exit(self, handler, guest_rip: int, vmcs: Vmcs) -> Action:
         v = vmcs.values
         v[F.GUEST_RIP] = guest_rip               # saved at once (every handler reads it); the rest when read
-        if self._dirty is not None:
-            self._dirty.add(F.GUEST_RIP)
+        dirty = self._dirty
+        if dirty is not None:
+            dirty.add(F.GUEST_RIP)
         self._lazy = _Lazy(guest_rip, {F.GUEST_RIP}, vmcs, v)
         self.vmx.non_root = False
         if self.observers:
