@@ -66,6 +66,7 @@ from .instructions import INVALID_POINTER, SUCCEED, Context, Outcome, VmxState
 
 _OK = I.OpKind
 _VALID = EV.INTR_INFO_VALID
+_NOT_STATUS = SUCCEED.rflags((1 << 64) - 1)      # the RFLAGS bits VMsucceed keeps
 
 # Exit reasons of the VMX instructions in VMX non-root operation.
 _VMX_EXIT = {Kind.VMXON: X.VMON, Kind.VMXOFF: X.VMOFF, Kind.VMCLEAR: X.VMCLEAR, Kind.VMPTRLD: X.VMPTRLD,
@@ -227,6 +228,7 @@ class VmxCpu:
         self.full_checks = self.quick_checks = 0
         m = machine
         m.client = self._client
+        m.fast_client = self._fast_instruction
         self._subscribe_root()
 
     # ---- processor context for the instructions ------------------------------------------
@@ -505,18 +507,27 @@ class VmxCpu:
         return Action.DONE
 
     def _vmrw_fast(self, ev: Event) -> bool:
+        return self._vmrw_inline(ev.rip, ev.insn, ev.kind)
+
+    def _fast_instruction(self, rip: int, insn, kind: Kind) -> bool:
+        """Machine.fast_client: VMREAD/VMWRITE in VMX root operation go to _vmrw_inline
+        straight from the #UD hook; False (the client's general path) for the rest."""
+        if (kind is Kind.VMREAD or kind is Kind.VMWRITE) and not self.vmx.non_root and self._stop_request is None:
+            return self._vmrw_inline(rip, insn, kind)
+        return False
+
+    def _vmrw_inline(self, rip: int, insn, kind: Kind) -> bool:
         """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 with a current VMCS
         and a supported field: the usual case of the VMREAD/VMWRITE operation, done
         here without the general path's context, operand and outcome objects.
         False (nothing done) for anything else: the general path decides."""
-        insn = ev.insn
-        plan = self._vmrw_plans.get(ev.rip)
+        plan = self._vmrw_plans.get(rip)
         if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
-            plan = self._vmrw_plan(ev)
+            plan = self._vmrw_plan(rip, insn, kind)
         if plan[1] is None or self._lazy is not None:
             return False
         vmx, m = self.vmx, self.m
-        cur = vmx.current_vmcs
+        cur = vmx.vmcs.get(vmx.current)                  # (current_vmcs: INVALID_POINTER is never a key)
         if cur is None or not vmx.in_vmx:
             return False
         hf = m.blob.load().hflags
@@ -539,23 +550,22 @@ class VmxCpu:
             cur.values[enc] = g[b] & mask
             if self._dirty is not None:
                 self._dirty.add(enc)
-        g[REG.RFLAGS] = SUCCEED.rflags(g[REG.RFLAGS])     # VMsucceed
-        g[REG.RIP] = (ev.rip + ev.length) & 0xFFFFFFFFFFFFFFFF
+        g[REG.RFLAGS] &= _NOT_STATUS                      # VMsucceed
+        g[REG.RIP] = (rip + insn.len) & 0xFFFFFFFFFFFFFFFF
         m.gprs.write()
         return True
 
-    def _vmrw_plan(self, ev: Event):
+    def _vmrw_plan(self, rip: int, insn, kind: Kind):
         """(insn, reading, operand 0 GPR index, operand 1 GPR index) of a VMREAD/VMWRITE
         with two 64-bit register operands, else (insn, None, 0, 0)."""
-        insn = ev.insn
         plan = (insn, None, 0, 0)
         if insn.op_count == 2 and insn.op0_kind == _OK.REGISTER and insn.op1_kind == _OK.REGISTER:
             r0, r1 = REG.ICED_GPR.get(insn.op0_register), REG.ICED_GPR.get(insn.op1_register)
             if r0 is not None and r1 is not None and r0[1:] == (8, 0) and r1[1:] == (8, 0):
-                plan = (insn, ev.kind is Kind.VMREAD, r0[0], r1[0])
+                plan = (insn, kind is Kind.VMREAD, r0[0], r1[0])
         if len(self._vmrw_plans) > 1024:
             self._vmrw_plans.clear()
-        self._vmrw_plans[ev.rip] = plan
+        self._vmrw_plans[rip] = plan
         return plan
 
     def _execute(self, k: Kind, ctx: Context, insn) -> Outcome | None:
@@ -684,8 +694,8 @@ class VmxCpu:
         if len(v) < len(F.FIELDS):                # every encoding present: the checker's fast path
             for f in F.FIELDS:
                 v.setdefault(f.encoding, 0)
-        state = T.load_guest(v, m.get_state())
-        m.set_state(state)
+        live = m.get_state()
+        m.set_state_over(T.load_guest(v, live), live)
         T.load_guest_msrs(v, m.msrs.poke)
         entry_ctl = v.get(F.VM_ENTRY_CONTROLS, 0)
         # "Loading MSRs": the VM-entry MSR-load area, in order (the checker has tested each entry)
@@ -1586,8 +1596,9 @@ class VmxCpu:
 
     def _load_host_state(self, v: dict[int, int], state: dict[str, int]) -> None:
         """"Loading Host State": registers from the host-state area, then the MSRs the
-        VM-exit controls load or clear (before the VM-exit MSR-load area)."""
-        self.m.set_state(T.load_host(v, state, self.profile.maxphyaddr))
+        VM-exit controls load or clear (before the VM-exit MSR-load area).  `state`:
+        the live state (get_state(), its RIP may be the guest RIP the exit saves)."""
+        self.m.set_state_over(T.load_host(v, state, self.profile.maxphyaddr), state)
         T.load_host_msrs(v, self.m.msrs.poke)
 
     def _to_host(self, v: dict[int, int], save_guest: bool, state: dict | None = None) -> None:
