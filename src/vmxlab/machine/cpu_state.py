@@ -55,6 +55,8 @@ _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2",
 # CR2, DR0-3, DR6, DR7 of a snapshot and of the control-register batch
 _DEBUG_GET = operator.itemgetter("CR2", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
 _CTRL_DEBUG_GET = operator.itemgetter(REG.CR2, REG.DR0, REG.DR1, REG.DR2, REG.DR3, REG.DR6, REG.DR7)
+# the cache items recompute_segment_hflags reads: ES base, CS flags, SS base and flags, DS base
+_HFLAGS_INPUT = operator.itemgetter(4 * CB.ES + 1, 4 * CB.CS + 3, 4 * CB.SS + 1, 4 * CB.SS + 3, 4 * CB.DS + 1)
 _SEG_KEYS = tuple((_SLOT[seg], f"GUEST_{seg}_SELECTOR", f"GUEST_{seg}_BASE", f"GUEST_{seg}_LIMIT",
                    f"GUEST_{seg}_AR_BYTES") for seg in SEGMENTS)
 
@@ -223,19 +225,23 @@ class StateAccess:
             msrs = io.uc_get(s)
             if old is None or msrs != io.uc_get(old):
                 io.batch.write(msrs)
-        values = self.msrs.values
-        for key, index in io.py_msrs:
-            values[index] = s[key] & 0xFFFFFFFF if index == M.IA32_TSC_AUX else s[key]
+        if io.py_msrs:
+            values = self.msrs.values
+            values.update(zip(io.py_indices, io.py_get(s)))
+            if M.IA32_TSC_AUX in io.py_indices:
+                values[M.IA32_TSC_AUX] &= 0xFFFFFFFF
         blob = self.blob.load()
         old_hflags = blob.hflags
         old_hflags2 = blob.hflags2
         caches = _caches_of(s)
-        segments_changed = blob.caches() != caches
+        live = blob.caches()
+        segments_changed = live != caches
         if segments_changed:
             blob.set_caches(caches)
-        # the hflags QEMU derives from segments, CR0, RFLAGS.VM and EFER.LMA (recomputed
-        # when one of them changes: QEMU keeps them current itself otherwise)
-        if segments_changed or paging_changed or (g_vm ^ rflags) & AR.RFLAGS_VM or blob.efer != efer \
+        # the hflags QEMU derives from segments (CS and SS flags, ES/SS/DS bases), CR0,
+        # RFLAGS.VM and EFER.LMA: recomputed when one of them changes (QEMU keeps them
+        # current itself otherwise)
+        if (segments_changed and _HFLAGS_INPUT(live) != _HFLAGS_INPUT(caches)) or paging_changed or (g_vm ^ rflags) & AR.RFLAGS_VM or blob.efer != efer \
                 or (old_hflags & CB.HF_LMA) != (CB.HF_LMA if efer & M.EFER_LMA else 0):
             blob.set_efer(efer)
             blob.recompute_segment_hflags(cr0, rflags)
@@ -275,6 +281,13 @@ class StateAccess:
         return sel, base, limit, CB.flags_to_ar(flags)
 
 
+def _getter(keys: list[str]):
+    """The values of `keys` in a snapshot, as a tuple (operator.itemgetter for any count)."""
+    if len(keys) == 1:
+        return lambda s, k=keys[0]: (s[k],)
+    return operator.itemgetter(*keys) if keys else (lambda s: ())
+
+
 class _StateIO:
     """Precomputed pieces of get_state/set_state for one machine: which state MSRs
     exist, one MsrBatch for those unicorn holds, a raw single-register writer."""
@@ -286,10 +299,11 @@ class _StateIO:
         self.absent = [k for k, i in _MSR_KEYS if not m.msrs.exists(i)]
         uc = [(k, i) for k, i in present if i in UNICORN_BACKED]
         self.py_msrs = [(k, i) for k, i in present if i not in UNICORN_BACKED]
+        self.py_indices = [i for _, i in self.py_msrs]
+        self.py_get = _getter([k for k, _ in self.py_msrs])
         self.uc_keys = [k for k, _ in uc]
         # their values in a snapshot, as a tuple (None: no unicorn MSR)
-        self.uc_get = (operator.itemgetter(*self.uc_keys) if len(uc) > 1 else
-                       (lambda s, k=self.uc_keys[0]: (s[k],)) if uc else None)
+        self.uc_get = _getter(self.uc_keys) if uc else None
         self.batch = ffi.MsrBatch(m.engine.handle, [i for _, i in uc])
         self._engine = m.engine
 

@@ -44,8 +44,9 @@ from ..arch import msr_switch as MS
 from ..arch import registers as AR
 from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
 from ..caps import msrmodel
-from ..checks import check, check_changed
+from ..checks import check
 from ..checks.engine import entry_context, first_failure_changed
+from ..checks.result import Result
 from ..machine import paging as PG
 from ..machine import registers as REG
 from ..machine import context_blob as CB
@@ -66,6 +67,7 @@ from .instructions import INVALID_POINTER, SUCCEED, Context, Outcome, VmxState
 
 _OK = I.OpKind
 _VALID = EV.INTR_INFO_VALID
+_PASSED = Result.from_violations("", "vmresume", [], [])   # (its outcome: "success")
 _NOT_STATUS = SUCCEED.rflags((1 << 64) - 1)      # the RFLAGS bits VMsucceed keeps
 
 # Exit reasons of the VMX instructions in VMX non-root operation.
@@ -93,6 +95,10 @@ _SUBSCRIPTION_INPUT = (F.CPU_BASED_VM_EXEC_CONTROL, F.SECONDARY_VM_EXEC_CONTROL,
                        F.CR0_GUEST_HOST_MASK, F.CR4_GUEST_HOST_MASK, F.EXCEPTION_BITMAP,
                        F.PAGE_FAULT_ERROR_CODE_MASK, F.PAGE_FAULT_ERROR_CODE_MATCH)
 _SUBSCRIPTION_ZEROS = (0,) * len(_SUBSCRIPTION_INPUT)
+# the fields _subscribe_nonroot reads (its plan is memoized by their values)
+_NONROOT_INPUT = _SUBSCRIPTION_INPUT + (F.VM_EXIT_CONTROLS, F.VM_EXIT_MSR_STORE_COUNT, F.VM_EXIT_MSR_LOAD_COUNT,
+                                        F.APIC_ACCESS_ADDR, F.EPT_POINTER)
+_NONROOT_ZEROS = (0,) * len(_NONROOT_INPUT)
 
 
 class VmxFail(Exception):
@@ -203,6 +209,7 @@ class VmxCpu:
         self._in_host = False
         self._lazy: _Lazy | None = None
         self._plan = None                      # (VMCS, checks Entry) reused by quick re-entries
+        self._entry_plan = None                # (VMCS, (host LMA, VMCS pointer), Entry): _enter_from's
         self._vpid = False
         self._rearm_needed = False
         self._lazy_ok = False
@@ -211,7 +218,7 @@ class VmxCpu:
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
         self._vmrw_plans: dict[int, tuple] = {}   # RIP -> VMREAD/VMWRITE operand plan (_vmrw_fast)
-        self._subscriptions: dict[tuple, tuple] = {}   # _nonroot_subscription by its inputs
+        self._subscriptions: dict[tuple, tuple] = {}   # _nonroot_plan by its inputs
         # switched MSRs every VM exit saves on this processor (arch.msr_switch)
         self._saved_msrs = T.saved_msrs(self.profile.allowed("VM_ENTRY_CONTROLS")[1],
                                         self.profile.allowed("VM_EXIT_CONTROLS")[1])
@@ -650,8 +657,14 @@ class VmxCpu:
             self.quick_checks += 1
             # the last entry with this VMCS succeeded: unchanged controls were refused nothing
             controls_checked = dirty.isdisjoint(_CONTROL_FIELDS)
-            result = check_changed(vmcs, self.profile, dirty, memory=self._read_host_or_none,
-                                   host_lma=ctx.efer_lma, vmcs_pointer=v.current)
+            # the checks' Entry (effective controls, host LMA, VMCS pointer) is kept while
+            # the controls do not change
+            plan = self._entry_plan
+            where = (ctx.efer_lma, v.current)
+            if not controls_checked or plan is None or plan[0] is not vmcs or plan[1] != where:
+                plan = self._entry_plan = (vmcs, where, entry_context(vmcs, self.profile, "vmresume", *where))
+            result = first_failure_changed(vmcs, self.profile, dirty, self._read_host_or_none, "vmresume",
+                                           ctx.efer_lma, False, v.current, plan[2]) or _PASSED
         else:
             self.full_checks += 1
             result = check(vmcs, self.profile, memory=self._read_host_or_none, instruction=instruction,
@@ -759,46 +772,53 @@ class VmxCpu:
         """Intercepts follow the controls: the kinds that can exit, or that behave
         differently in non-root operation, go to _nonroot; the rest run natively."""
         m = self.m
+        key = tuple(map(v.get, _NONROOT_INPUT, _NONROOT_ZEROS))
+        plan = self._subscriptions.get(key)
+        if plan is None:
+            if len(self._subscriptions) > 64:
+                self._subscriptions.clear()
+            plan = self._subscriptions[key] = self._nonroot_plan(v)
+        self._vpid, self._lazy_ok, self._rearm_needed, kinds, bitmap, apic, ept, pml, cr0_fixed, cr4_fixed = plan
+        self._hctx = None
+        m.intercept(*kinds, exceptions=bitmap)
+        self._rearm(v)
+        self._apic_page = apic
+        self._ept = ept
+        if ept is not None:
+            self._pml = self._pml_log if pml else None
+            m.set_second_stage(self._second_stage, tag=ept if apic is None else (ept, apic))
+        elif apic is not None:                    # guest-physical = physical, but the APIC-access page
+            m.set_second_stage(self._apic_stage, tag=("apic", apic))
+        else:
+            m.second_stage = None
+        m.cr0_fixed = cr0_fixed
+        m.cr4_fixed = cr4_fixed
+
+    def _nonroot_plan(self, v: dict[int, int]) -> tuple:
+        """What _subscribe_nonroot applies, from the _NONROOT_INPUT fields (memoized)."""
         cpu, sec, pin, _ = self._controls(v)
-        self._vpid = bool(sec & C.SECONDARY_EXEC_ENABLE_VPID)
         # exits to Python host code can be lazy when the exit has no MSR-store/load
         # area, does not save the preemption timer and switches no MSR by a control
         # (their effects need the full path: host code may read the MSRs)
-        self._lazy_ok = not (v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) or v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
-                             or v.get(F.VM_EXIT_CONTROLS, 0) & (C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER | MS.EXIT_CHANGES))
-        self._hctx = None
-        self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
-                                         | C.CPU_BASED_MONITOR_TRAP_FLAG)
-                                  or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER
-                                  or sec & C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
-        key = tuple(map(v.get, _SUBSCRIPTION_INPUT, _SUBSCRIPTION_ZEROS))
-        subscription = self._subscriptions.get(key)
-        if subscription is None:
-            if len(self._subscriptions) > 64:
-                self._subscriptions.clear()
-            subscription = self._subscriptions[key] = self._nonroot_subscription(v, cpu, sec, pin)
-        kinds, bitmap = subscription
-        m.intercept(*kinds, exceptions=bitmap)
-        self._rearm(v)
+        lazy_ok = not (v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) or v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
+                       or v.get(F.VM_EXIT_CONTROLS, 0) & (C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER | MS.EXIT_CHANGES))
+        rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
+                                   | C.CPU_BASED_MONITOR_TRAP_FLAG)
+                            or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER
+                            or sec & C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
+        kinds, bitmap = self._nonroot_subscription(v, cpu, sec, pin)
         apic = v.get(F.APIC_ACCESS_ADDR, 0) & ~0xFFF if sec & C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES else None
-        self._apic_page = apic
+        ept = None
         if sec & C.SECONDARY_EXEC_ENABLE_EPT:
-            self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
-            self._pml = self._pml_log if sec & C.SECONDARY_EXEC_ENABLE_PML else None
-            m.set_second_stage(self._second_stage, tag=self._ept if apic is None else (self._ept, apic))
-        elif apic is not None:
-            self._ept = None                      # guest-physical = physical, but the APIC-access page
-            m.set_second_stage(self._apic_stage, tag=("apic", apic))
-        else:
-            self._ept = None
-            m.second_stage = None
+            ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
         # In VMX non-root operation CR0/CR4 fixed bits apply to the guest's values
         # ("Changes to Instruction Behavior": unrestricted guest relaxes PE and PG).
         f0 = self.profile.cr0_fixed0
         if sec & C.SECONDARY_EXEC_UNRESTRICTED_GUEST:
             f0 &= ~(AR.CR0_PE | AR.CR0_PG)
-        m.cr0_fixed = (f0, self.profile.cr0_fixed1)
-        m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+        return (bool(sec & C.SECONDARY_EXEC_ENABLE_VPID), lazy_ok, rearm_needed, kinds, bitmap, apic, ept,
+                bool(sec & C.SECONDARY_EXEC_ENABLE_PML), (f0, self.profile.cr0_fixed1),
+                (self.profile.cr4_fixed0, self.profile.cr4_fixed1))
 
     def _nonroot_subscription(self, v: dict[int, int], cpu: int, sec: int, pin: int) -> tuple[tuple, int]:
         """(kinds, exception bitmap) to intercept in non-root operation under these
