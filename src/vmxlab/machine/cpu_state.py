@@ -128,10 +128,10 @@ class StateAccess:
         g = self.gprs.read()
         c = self.ctrl.read()
         blob = self.blob.load()
-        s: dict[str, int] = dict(zip(_GPR_KEYS, g))
+        s: dict[str, int] = dict(zip(_GPR_KEYS, g[:]))     # (a slice: one C call, not one a register)
         if self._stepping and not self._guest_tf:
             s["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
-        s.update(zip(_CTRL_KEYS, c))
+        s.update(zip(_CTRL_KEYS, c[:]))
         s["CR8"] = self.cr8
         s.update(_segments_of(blob.caches()))
         intr = 0

@@ -580,7 +580,9 @@ class RunControl:
         rip = g[REG.RIP]
         if self._stepping:
             self._end_stepping()
-        insn = self.decode_at(rip)
+            g = self.gprs.read()
+        hf = self.blob.load().hflags
+        insn = self.decode_at(rip, 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16))
         if insn.code == _I.Code.INVALID or not insn.len:
             self._exception(EventInfo(EV.UD, EV.INTR_TYPE_HARD_EXCEPTION), rip, True)
             return True
@@ -591,7 +593,7 @@ class RunControl:
         if kind is not None and kind in self.subs.kinds and self.client is not None \
                 and self._resume_native != rip:
             if self.inline_clients and not (self._counting or self._pending):
-                if self.fast_client is not None and self._fast_client(rip, insn, kind):
+                if self.fast_client is not None and self._fast_client(rip, insn, kind, hf):
                     return True
                 self._client_inline(_Ephemeral(rip, kind, insn))
                 return True
@@ -618,11 +620,12 @@ class RunControl:
             self.engine.stop()
         return True
 
-    def _fast_client(self, rip: int, insn, kind: Kind) -> bool:
+    def _fast_client(self, rip: int, insn, kind: Kind, hflags: int) -> bool:
         """The client's fast path for a #UD-class instruction it intercepts, inside the
         hook as _client_inline, without building the Event: `fast_client(rip, insn,
-        kind)` does the instruction and returns True, or does nothing and returns
-        False (then the client gets the event).  A fast client changes registers, memory
+        kind, hflags)` (QEMU's hflags: CPL, CS.L/D; `gprs.values` hold the registers)
+        does the instruction and returns True, or does nothing and returns False (then
+        the client gets the event).  A fast client changes registers, memory
         and its own state only (nothing for the boundary: no events, deadlines, timers,
         activity changes), so it is taken only when nothing waits for the boundary.
         (The virtual TSC is not paused for it: the instruction costs time as any other.)"""
@@ -633,7 +636,7 @@ class RunControl:
         pc_writes = gprs.pc_writes
         self._in_client = True
         try:
-            if not self.fast_client(rip, insn, kind):
+            if not self.fast_client(rip, insn, kind, hflags):
                 return False
         finally:
             self._in_client = False

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from itertools import compress
+from operator import ne
 from typing import Callable
 
 import iced_x86 as I
@@ -514,20 +516,21 @@ class VmxCpu:
         return Action.DONE
 
     def _vmrw_fast(self, ev: Event) -> bool:
-        return self._vmrw_inline(ev.rip, ev.insn, ev.kind)
+        return self._vmrw_inline(ev.rip, ev.insn, ev.kind, self.m.blob.load().hflags, self.m.gprs.read())
 
-    def _fast_instruction(self, rip: int, insn, kind: Kind) -> bool:
+    def _fast_instruction(self, rip: int, insn, kind: Kind, hflags: int) -> bool:
         """Machine.fast_client: VMREAD/VMWRITE in VMX root operation go to _vmrw_inline
         straight from the #UD hook; False (the client's general path) for the rest."""
         if (kind is Kind.VMREAD or kind is Kind.VMWRITE) and not self.vmx.non_root and self._stop_request is None:
-            return self._vmrw_inline(rip, insn, kind)
+            return self._vmrw_inline(rip, insn, kind, hflags, self.m.gprs.values)
         return False
 
-    def _vmrw_inline(self, rip: int, insn, kind: Kind) -> bool:
+    def _vmrw_inline(self, rip: int, insn, kind: Kind, hf: int, g) -> bool:
         """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 with a current VMCS
         and a supported field: the usual case of the VMREAD/VMWRITE operation, done
         here without the general path's context, operand and outcome objects.
-        False (nothing done) for anything else: the general path decides."""
+        `hf`: QEMU's hflags, `g`: the registers (current).  False (nothing done) for
+        anything else: the general path decides."""
         plan = self._vmrw_plans.get(rip)
         if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
             plan = self._vmrw_plan(rip, insn, kind)
@@ -537,11 +540,9 @@ class VmxCpu:
         cur = vmx.vmcs.get(vmx.current)                  # (current_vmcs: INVALID_POINTER is never a key)
         if cur is None or not vmx.in_vmx:
             return False
-        hf = m.blob.load().hflags
         if not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:   # #UD outside 64-bit mode, #GP at CPL > 0
             return False
         _insn, reading, a, b = plan
-        g = m.gprs.read()
         enc = g[b] if reading else g[a]
         if reading:                                      # VMREAD r/m64 (a), r64 (b)
             if self._supported.get(enc) is None:
@@ -1450,8 +1451,8 @@ class VmxCpu:
         if dirty is not None:
             after = list(map(v.get, _SAVED_FIELDS))
             if after != before:
-                # (set difference of (encoding, value) pairs: C-level over ~100 fields)
-                dirty.update([enc for enc, _ in set(zip(_SAVED_FIELDS, after)) - set(zip(_SAVED_FIELDS, before))])
+                # (the encodings whose values differ, C-level over the ~60 fields)
+                dirty.update(compress(_SAVED_FIELDS, map(ne, after, before)))
 
     def materialize(self) -> None:
         """Finish a lazy exit: save the guest state into the VMCS and load the host
