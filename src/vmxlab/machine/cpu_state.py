@@ -33,7 +33,7 @@ from ..arch import msrs as M
 from ..arch import registers as AR
 from . import context_blob as CB
 from . import registers as REG
-from .state import KEYS, SEGMENTS
+from .state import KEYS, SEGMENTS, VMCS_KEYS
 
 _SLOT = {"ES": CB.ES, "CS": CB.CS, "SS": CB.SS, "DS": CB.DS, "FS": CB.FS, "GS": CB.GS,
          "LDTR": CB.LDT, "TR": CB.TR}
@@ -45,6 +45,7 @@ _MSR_KEYS = (("GUEST_IA32_DEBUGCTL", M.IA32_DEBUGCTL), ("GUEST_SYSENTER_CS", M.I
 
 
 _KEYSET = frozenset(KEYS)
+_VMCS_KEYSET = frozenset(VMCS_KEYS)
 # RFLAGS bits in QEMU's translation-block key (cpu_get_tb_cpu_state): IOPL, TF, RF, VM, AC
 _TB_RFLAGS = AR.RFLAGS_IOPL | AR.RFLAGS_TF | AR.RFLAGS_RF | AR.RFLAGS_VM | AR.RFLAGS_AC
 _M64 = (1 << 64) - 1
@@ -188,6 +189,31 @@ class StateAccess:
             self.set_state(s)
             return
         self._set_state(s, old)
+
+    def set_vmcs_state(self, s: dict[str, int]) -> None:
+        """set_state of a snapshot of exactly the VMCS_KEYS (what VM entry loads): the
+        EXTRA_KEYS registers keep their live values, read without the segment
+        conversions of a full get_state()."""
+        if len(s) != len(VMCS_KEYS) or not _VMCS_KEYSET.issuperset(s):
+            self.set_state(s)
+            return
+        io = self._state_io()
+        g = self.gprs.read()
+        full = dict(zip(_GPR_KEYS, g[:]))
+        if self._stepping and not self._guest_tf:
+            full["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
+        full.update(zip(_CTRL_KEYS, self.ctrl.read()[:]))
+        full["CR8"] = self.cr8
+        full["XCR0"] = self.blob.load().xcr0
+        live = dict(zip(io.uc_keys, io.batch.read()))
+        full.update(live)
+        values = self.msrs.values
+        for key, index in io.py_msrs:
+            full[key] = values.get(index, 0)
+        for key in io.absent:
+            full[key] = 0
+        full.update(s)
+        self._set_state(full, live)
 
     def _set_state(self, s: dict[str, int], old: dict[str, int] | None = None) -> None:
         # Each group is written only when it changes: every write into unicorn costs,

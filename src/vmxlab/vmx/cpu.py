@@ -708,8 +708,12 @@ class VmxCpu:
         if len(v) < len(F.FIELDS):                # every encoding present: the checker's fast path
             for f in F.FIELDS:
                 v.setdefault(f.encoding, 0)
-        live = m.get_state()
-        m.set_state_over(T.load_guest(v, live), live)
+        # what "Loading Guest State" keeps from the processor (under the entry controls);
+        # every other guest-state key comes from the VMCS
+        c = m.ctrl.read()
+        kept = {"GUEST_CR0": c[REG.CR0], "GUEST_IA32_EFER": m._efer, "GUEST_DR7": c[REG.DR7],
+                "GUEST_IA32_DEBUGCTL": m.msrs.peek(0x1D9), "GUEST_IA32_PAT": m.msrs.peek(0x277)}
+        m.set_vmcs_state(T.load_guest(v, kept))
         T.load_guest_msrs(v, m.msrs.poke)
         entry_ctl = v.get(F.VM_ENTRY_CONTROLS, 0)
         # "Loading MSRs": the VM-entry MSR-load area, in order (the checker has tested each entry)
