@@ -55,6 +55,7 @@ _GPR_GET = operator.itemgetter(*_GPR_KEYS)
 _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
 # CR2, DR0-3, DR6, DR7 of a snapshot and of the control-register batch
 _DEBUG_GET = operator.itemgetter("CR2", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
+_PAGING_GET = operator.itemgetter(REG.CR0, REG.CR3, REG.CR4)
 _CTRL_DEBUG_GET = operator.itemgetter(REG.CR2, REG.DR0, REG.DR1, REG.DR2, REG.DR3, REG.DR6, REG.DR7)
 # the cache items recompute_segment_hflags reads: ES base, CS flags, SS base and flags, DS base
 _HFLAGS_INPUT = operator.itemgetter(4 * CB.ES + 1, 4 * CB.CS + 3, 4 * CB.SS + 1, 4 * CB.SS + 3, 4 * CB.DS + 1)
@@ -226,7 +227,7 @@ class StateAccess:
         # unicorn's TLB has no address-space tags: drop it when the translation context
         # (CR0, CR3, CR4, EFER) changes, not on every load (VM exit and entry between a
         # host and guest that share their paging keep it)
-        paging_changed = c[REG.CR0] != cr0 or c[REG.CR3] != cr3 or c[REG.CR4] != cr4 or self._efer != efer
+        paging_changed = _PAGING_GET(c) != (cr0, cr3, cr4) or self._efer != efer
         if paging_changed:
             if c[REG.CR4] != cr4:
                 io.write_reg(REG.X.UC_X86_REG_CR4, cr4)
@@ -244,8 +245,9 @@ class StateAccess:
         g = self.gprs.read()
         g_vm = g[REG.RFLAGS]
         old_tb_rflags = g_vm & _TB_RFLAGS
-        g[:len(_GPR_KEYS)] = _GPR_GET(s)
-        rflags = g[REG.RFLAGS] = g[REG.RFLAGS] | 2
+        new = list(_GPR_GET(s))
+        rflags = new[REG.RFLAGS] = new[REG.RFLAGS] | 2
+        g[:len(_GPR_KEYS)] = new
         self.gprs.write()
         if io.uc_get is not None:
             msrs = io.uc_get(s)

@@ -233,6 +233,8 @@ class VmxCpu:
         # the rules that read one of them (checks.check_changed).
         self._dirty: set[int] | None = None
         self._dirty_key = None                 # (VMCS, host LMA) the dirty set belongs to
+        p = self.profile                       # CR0/CR4 fixed bits in VMX root operation
+        self._root_fixed = ((p.cr0_fixed0, p.cr0_fixed1), (p.cr4_fixed0, p.cr4_fixed1))
         self._host_lma_of_entry = True
         self.full_checks = self.quick_checks = 0
         m = machine
@@ -418,12 +420,11 @@ class VmxCpu:
         m.request_nmi_window(False)
         m.request_mtf(False)
         m.set_tsc_deadline(None)
-        kinds = set(VMX_KINDS) if self.vmx.in_vmx else {Kind.VMXON}
-        m.intercept(*kinds, exceptions=0)
         if self.vmx.in_vmx:
-            m.cr0_fixed = (self.profile.cr0_fixed0, self.profile.cr0_fixed1)
-            m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+            m.intercept(*VMX_KINDS, exceptions=0)
+            m.cr0_fixed, m.cr4_fixed = self._root_fixed
         else:
+            m.intercept(Kind.VMXON, exceptions=0)
             m.cr0_fixed = m.cr4_fixed = None
 
     def _after_vmx_change(self) -> None:
@@ -717,8 +718,9 @@ class VmxCpu:
         T.load_guest_msrs(v, m.msrs.poke)
         entry_ctl = v.get(F.VM_ENTRY_CONTROLS, 0)
         # "Loading MSRs": the VM-entry MSR-load area, in order (the checker has tested each entry)
-        for index, (msr, value) in enumerate(self._msr_area(v.get(F.VM_ENTRY_MSR_LOAD_ADDR, 0),
-                                                            v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0)), 1):
+        count = v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0)
+        for index, (msr, value) in enumerate(self._msr_area(v.get(F.VM_ENTRY_MSR_LOAD_ADDR, 0), count)
+                                             if count else (), 1):
             why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)
             if why:
                 self._entry_failure(X.MSR_LOAD_FAIL, index)
@@ -1630,7 +1632,8 @@ class VmxCpu:
         m = self.m
         self._load_host_state(v, m.get_state() if state is None else state)
         # "Loading MSRs" on VM exit: the VM-exit MSR-load area
-        for msr, value in self._msr_area(v.get(F.VM_EXIT_MSR_LOAD_ADDR, 0), v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)):
+        count = v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
+        for msr, value in self._msr_area(v.get(F.VM_EXIT_MSR_LOAD_ADDR, 0), count) if count else ():
             why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)
             if why or msr in (0xC0000100, 0xC0000101) or msr >> 8 == 0x8:
                 self._vmx_abort(4)
