@@ -732,7 +732,7 @@ class VmxCpu:
         self._dirty_key = (id(vmcs), self._host_lma_of_entry)
         self.vmx.non_root = True
         self._subscribe_nonroot(v)
-        if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
+        if not self._vpid:                      # (set by _subscribe_nonroot from these controls)
             m.flush_tlb()                       # without VPID, entries invalidate linear mappings
         self._inject(v)
 
@@ -1610,7 +1610,7 @@ class VmxCpu:
         """What every entry re-arms: window requests, MTF, the preemption timer, the
         PAUSE-loop detection."""
         m = self.m
-        cpu, _, pin, _ = self._controls(v)
+        cpu, pin = v.get(F.CPU_BASED_VM_EXEC_CONTROL, 0), v.get(F.PIN_BASED_VM_EXEC_CONTROL, 0)
         self._ple_last = None
         m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
         m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))

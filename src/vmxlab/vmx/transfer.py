@@ -20,6 +20,8 @@ entry), vmxlab loads the field's value: a defined choice within "undefined".
 """
 from __future__ import annotations
 
+from operator import and_
+
 from ..arch import controls as C
 from ..arch import fields as F
 from ..arch import msr_switch as MS
@@ -55,6 +57,12 @@ _COPY_KEYS = _PLAIN + tuple(k for keys, _ in _SEG_KEYS for k in keys[:3])
 _COPY_ENCS = tuple(e for _, e in _PLAIN_ENC) + tuple(e for _, encs in _SEG_KEYS for e in encs[:3])
 _COPY_ZEROS = (0,) * len(_COPY_KEYS)
 _AR_KEYS = tuple((keys[3], encs[3]) for keys, encs in _SEG_KEYS)
+# the same as parallel tuples, with the mask both directions apply (C-level map/zip)
+_AR_NAMES = tuple(k for k, _ in _AR_KEYS)
+_AR_ENCS = tuple(e for _, e in _AR_KEYS)
+_AR_MASKS = (_AR_SAVE_MASK | S.AR_UNUSABLE,) * len(_AR_KEYS)
+_AR_ZEROS = (0,) * len(_AR_KEYS)
+_AR_UNUSABLES = (S.AR_UNUSABLE,) * len(_AR_KEYS)
 
 
 def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
@@ -80,8 +88,7 @@ def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
         g["GUEST_IA32_EFER"] = efer
     if entry & C.VM_ENTRY_LOAD_IA32_PAT:
         g["GUEST_IA32_PAT"] = v.get(F.GUEST_IA32_PAT, 0)
-    for kar, ar in _AR_KEYS:
-        g[kar] = v.get(ar, 0) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
+    g.update(zip(_AR_NAMES, map(and_, map(v.get, _AR_ENCS, _AR_ZEROS), _AR_MASKS)))
     return g
 
 
@@ -104,8 +111,7 @@ def save_guest(state: dict[str, int], v: dict[int, int], exit_controls: int,
         v[F.GUEST_IA32_PAT] = state.get("GUEST_IA32_PAT", 0)
     if exit_controls & C.VM_EXIT_SAVE_IA32_EFER:
         v[F.GUEST_IA32_EFER] = state.get("GUEST_IA32_EFER", 0)
-    for kar, ar in _AR_KEYS:
-        v[ar] = state.get(kar, S.AR_UNUSABLE) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
+    v.update(zip(_AR_ENCS, map(and_, map(state.get, _AR_NAMES, _AR_UNUSABLES), _AR_MASKS)))
     if store_lma:
         entry = v.get(F.VM_ENTRY_CONTROLS, 0) & ~C.VM_ENTRY_IA32E_MODE
         if state.get("GUEST_IA32_EFER", 0) & M.EFER_LMA:
