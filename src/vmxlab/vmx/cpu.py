@@ -517,25 +517,22 @@ class VmxCpu:
         return Action.DONE
 
     def _vmrw_fast(self, ev: Event) -> bool:
-        return self._vmrw_inline(ev.rip, ev.insn, ev.kind, self.m.blob.load().hflags, self.m.gprs.read())
+        return self._fast_instruction(ev.rip, ev.insn, ev.kind, self.m.blob.load().hflags, self.m.gprs.read())
 
-    def _fast_instruction(self, rip: int, insn, kind: Kind, hflags: int) -> bool:
-        """Machine.fast_client: VMREAD/VMWRITE in VMX root operation go to _vmrw_inline
-        straight from the #UD hook; False (the client's general path) for the rest."""
-        if (kind is Kind.VMREAD or kind is Kind.VMWRITE) and not self.vmx.non_root and self._stop_request is None:
-            return self._vmrw_inline(rip, insn, kind, hflags, self.m.gprs.values)
-        return False
-
-    def _vmrw_inline(self, rip: int, insn, kind: Kind, hf: int, g) -> bool:
-        """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 with a current VMCS
-        and a supported field: the usual case of the VMREAD/VMWRITE operation, done
-        here without the general path's context, operand and outcome objects.
-        `hf`: QEMU's hflags, `g`: the registers (current).  False (nothing done) for
-        anything else: the general path decides."""
+    def _fast_instruction(self, rip: int, insn, kind: Kind, hf: int, g=None) -> bool:
+        """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 in VMX root
+        operation with a current VMCS and a supported field: the usual case of the
+        VMREAD/VMWRITE operation, done here without the general path's context,
+        operand and outcome objects.  Machine.fast_client (straight from the #UD
+        hook; `g` None: the machine's gprs.values are current) and _root's fast path.
+        `hf`: QEMU's hflags.  False (nothing done) for anything else: the general
+        path decides."""
         plan = self._vmrw_plans.get(rip)
         if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
+            if kind is not Kind.VMREAD and kind is not Kind.VMWRITE:
+                return False
             plan = self._vmrw_plan(rip, insn, kind)
-        if plan[1] is None or self._lazy is not None:
+        if plan[1] is None or self._lazy is not None or self._stop_request is not None or self.vmx.non_root:
             return False
         vmx, m = self.vmx, self.m
         cur = vmx.vmcs.get(vmx.current)                  # (current_vmcs: INVALID_POINTER is never a key)
@@ -544,6 +541,8 @@ class VmxCpu:
         if not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:   # #UD outside 64-bit mode, #GP at CPL > 0
             return False
         _insn, reading, a, b = plan
+        if g is None:
+            g = m.gprs.values
         enc = g[b] if reading else g[a]
         if reading:                                      # VMREAD r/m64 (a), r64 (b)
             if self._supported.get(enc) is None:
