@@ -181,15 +181,16 @@ class StateAccess:
         self._set_state(s)
 
     def set_state_over(self, s: dict[str, int], old: dict[str, int]) -> None:
-        """set_state(s) of a full snapshot when `old` is a full snapshot of the live
-        state (get_state() with nothing run or written since, except that its RIP may
-        differ): the unicorn MSRs are written only when they differ from `old`.  The
-        other register groups are compared with the live values as set_state does.
-        VM exit and entry use it: host and guest often share these MSRs."""
+        """set_state(s) of a full snapshot when `old` is the get_state() just taken
+        (nothing run, written or read since; its RIP may differ): the unicorn MSRs are
+        written only when they differ from `old`, and the register batches that
+        get_state read are not read again.  The other register groups are compared
+        with the live values as set_state does.  VM exit uses it: host and guest
+        often share these MSRs."""
         if len(s) != len(_KEYSET) or len(old) != len(_KEYSET) or not _KEYSET.issuperset(s):
             self.set_state(s)
             return
-        self._set_state(s, old)
+        self._set_state(s, old, fresh=True)
 
     def set_vmcs_state(self, s: dict[str, int]) -> None:
         """set_state of a snapshot of exactly the VMCS_KEYS (what VM entry loads): the
@@ -214,14 +215,17 @@ class StateAccess:
         for key in io.absent:
             full[key] = 0
         full.update(s)
-        self._set_state(full, live)
+        self._set_state(full, live, fresh=True)
 
-    def _set_state(self, s: dict[str, int], old: dict[str, int] | None = None) -> None:
+    def _set_state(self, s: dict[str, int], old: dict[str, int] | None = None, fresh: bool = False) -> None:
         # Each group is written only when it changes: every write into unicorn costs,
         # and some have side effects (a CR3 write flushes QEMU's TLB).
+        # `fresh`: the register batches hold the live values (read since anything was
+        # written or run), as a get_state() just before leaves them.
+        fresh = fresh and not self._stepping
         self._end_stepping()
         io = self._state_io()
-        c = self.ctrl.read()
+        c = self.ctrl.values if fresh else self.ctrl.read()
         efer = s["GUEST_IA32_EFER"]
         cr0, cr3, cr4 = s["GUEST_CR0"], s["GUEST_CR3"], s["GUEST_CR4"]
         # unicorn's TLB has no address-space tags: drop it when the translation context
@@ -242,7 +246,7 @@ class StateAccess:
         if paging_changed or _CTRL_DEBUG_GET(c) != debug:
             c[REG.CR2], c[REG.DR0], c[REG.DR1], c[REG.DR2], c[REG.DR3], c[REG.DR6], c[REG.DR7] = debug
             self.ctrl.write()
-        g = self.gprs.read()
+        g = self.gprs.values if fresh else self.gprs.read()
         g_vm = g[REG.RFLAGS]
         old_tb_rflags = g_vm & _TB_RFLAGS
         new = list(_GPR_GET(s))
@@ -258,7 +262,7 @@ class StateAccess:
             values.update(zip(io.py_indices, io.py_get(s)))
             if M.IA32_TSC_AUX in io.py_indices:
                 values[M.IA32_TSC_AUX] &= 0xFFFFFFFF
-        blob = self.blob.load()
+        blob = self.blob.load()          # (after the writes above: storing it restores every register)
         old_hflags = blob.hflags
         old_hflags2 = blob.hflags2
         caches = _caches_of(s)
