@@ -148,11 +148,8 @@ class StateAccess:
         s["GUEST_IA32_EFER"] = self._efer
         io = self._state_io()
         s.update(zip(io.uc_keys, io.batch.read()))
-        values = self.msrs.values
-        for key, index in io.py_msrs:
-            s[key] = values.get(index, 0)
-        for key in io.absent:
-            s[key] = 0
+        s.update(zip(io.py_keys, map(self.msrs.values.get, io.py_indices, io.py_zeros)))
+        s.update(io.absent_items)
         return s
 
     def _state_io(self) -> "_StateIO":
@@ -209,11 +206,8 @@ class StateAccess:
         full["XCR0"] = self.blob.load().xcr0
         live = dict(zip(io.uc_keys, io.batch.read()))
         full.update(live)
-        values = self.msrs.values
-        for key, index in io.py_msrs:
-            full[key] = values.get(index, 0)
-        for key in io.absent:
-            full[key] = 0
+        full.update(zip(io.py_keys, map(self.msrs.values.get, io.py_indices, io.py_zeros)))
+        full.update(io.absent_items)
         full.update(s)
         self._set_state(full, live, fresh=True)
 
@@ -332,6 +326,9 @@ class _StateIO:
         uc = [(k, i) for k, i in present if i in UNICORN_BACKED]
         self.py_msrs = [(k, i) for k, i in present if i not in UNICORN_BACKED]
         self.py_indices = [i for _, i in self.py_msrs]
+        self.py_keys = [k for k, _ in self.py_msrs]
+        self.py_zeros = [0] * len(self.py_msrs)
+        self.absent_items = tuple((k, 0) for k in self.absent)
         self.py_get = _getter([k for k, _ in self.py_msrs])
         self.uc_keys = [k for k, _ in uc]
         # their values in a snapshot, as a tuple (None: no unicorn MSR)
