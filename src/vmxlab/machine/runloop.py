@@ -625,8 +625,8 @@ class RunControl:
         hook as _client_inline, without building the Event: `fast_client(rip, insn,
         kind, hflags)` (QEMU's hflags: CPL, CS.L/D; `gprs.values` hold the registers)
         does the instruction and returns True, or does nothing and returns False (then
-        the client gets the event).  A fast client changes registers, memory
-        and its own state only (nothing for the boundary: no events, deadlines, timers,
+        the client gets the event).  A fast client changes registers and its own state
+        only (nothing for the boundary: no memory writes, events, deadlines, timers or
         activity changes), so it is taken only when nothing waits for the boundary.
         (The virtual TSC is not paused for it: the instruction costs time as any other.)"""
         if (self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending or self._window_irq
