@@ -49,6 +49,7 @@ def _run_hypervisor(fast: bool, iterations: int = 5):
     cpu = VmxCpu(m)
     if not fast:
         cpu._vmrw_fast = lambda ev: False              # every VMREAD/VMWRITE through the general path
+        m.fast_client = None                            # (also from the #UD hook)
         cpu_state._segments_of = cpu_state._segment_items       # no memoized segment conversions
         cpu_state._caches_of = cpu_state._cache_values
     exits = []                                          # at each exit: every VMCS field, the host state
@@ -61,7 +62,7 @@ def _run_hypervisor(fast: bool, iterations: int = 5):
 
 
 def test_fast_paths_end_in_the_same_state_and_vmcs_as_the_general_paths(monkeypatch):
-    """The VMREAD/VMWRITE fast path of machine code (VmxCpu._vmrw_fast) and the
+    """The VMREAD/VMWRITE fast paths of machine code (VmxCpu._vmrw_fast, Machine.fast_client) and the
     memoized segment conversions of get_state/set_state: the same guest and
     hypervisor run through the general paths give every VMCS field and the host
     state at every exit, and the final processor state and memory."""

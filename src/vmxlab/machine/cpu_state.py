@@ -33,7 +33,7 @@ from ..arch import msrs as M
 from ..arch import registers as AR
 from . import context_blob as CB
 from . import registers as REG
-from .state import KEYS, SEGMENTS
+from .state import KEYS, SEGMENTS, VMCS_KEYS
 
 _SLOT = {"ES": CB.ES, "CS": CB.CS, "SS": CB.SS, "DS": CB.DS, "FS": CB.FS, "GS": CB.GS,
          "LDTR": CB.LDT, "TR": CB.TR}
@@ -45,6 +45,7 @@ _MSR_KEYS = (("GUEST_IA32_DEBUGCTL", M.IA32_DEBUGCTL), ("GUEST_SYSENTER_CS", M.I
 
 
 _KEYSET = frozenset(KEYS)
+_VMCS_KEYSET = frozenset(VMCS_KEYS)
 # RFLAGS bits in QEMU's translation-block key (cpu_get_tb_cpu_state): IOPL, TF, RF, VM, AC
 _TB_RFLAGS = AR.RFLAGS_IOPL | AR.RFLAGS_TF | AR.RFLAGS_RF | AR.RFLAGS_VM | AR.RFLAGS_AC
 _M64 = (1 << 64) - 1
@@ -52,6 +53,12 @@ _GPR_KEYS = tuple({"RSP": "GUEST_RSP", "RIP": "GUEST_RIP", "RFLAGS": "GUEST_RFLA
                   for n in REG.GPRS_NAMES)
 _GPR_GET = operator.itemgetter(*_GPR_KEYS)
 _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
+# CR2, DR0-3, DR6, DR7 of a snapshot and of the control-register batch
+_DEBUG_GET = operator.itemgetter("CR2", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
+_PAGING_GET = operator.itemgetter(REG.CR0, REG.CR3, REG.CR4)
+_CTRL_DEBUG_GET = operator.itemgetter(REG.CR2, REG.DR0, REG.DR1, REG.DR2, REG.DR3, REG.DR6, REG.DR7)
+# the cache items recompute_segment_hflags reads: ES base, CS flags, SS base and flags, DS base
+_HFLAGS_INPUT = operator.itemgetter(4 * CB.ES + 1, 4 * CB.CS + 3, 4 * CB.SS + 1, 4 * CB.SS + 3, 4 * CB.DS + 1)
 _SEG_KEYS = tuple((_SLOT[seg], f"GUEST_{seg}_SELECTOR", f"GUEST_{seg}_BASE", f"GUEST_{seg}_LIMIT",
                    f"GUEST_{seg}_AR_BYTES") for seg in SEGMENTS)
 
@@ -73,8 +80,8 @@ def _segment_items(caches: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def _cache_values(s: dict[str, int]) -> list[int]:
-    """The blob's ten caches (flat, as ContextBlob.set_caches takes them) from a snapshot."""
+def _cache_values(s: dict[str, int]) -> tuple[int, ...]:
+    """The blob's ten caches (flat, as ContextBlob.caches returns them) from a snapshot."""
     caches = [0] * 40
     for slot, ksel, kbase, klimit, kar in _SEG_KEYS:
         ar = s[kar]
@@ -84,13 +91,13 @@ def _cache_values(s: dict[str, int]) -> list[int]:
         caches[4 * slot:4 * slot + 4] = (s[ksel] & 0xFFFF, s[kbase] & _M64, s[klimit] & 0xFFFFFFFF, flags)
     caches[4 * CB.GDT + 1:4 * CB.GDT + 3] = (s["GUEST_GDTR_BASE"] & _M64, s["GUEST_GDTR_LIMIT"] & 0xFFFFFFFF)
     caches[4 * CB.IDT + 1:4 * CB.IDT + 3] = (s["GUEST_IDTR_BASE"] & _M64, s["GUEST_IDTR_LIMIT"] & 0xFFFFFFFF)
-    return caches
+    return tuple(caches)
 
 
 # The conversions above, memoized: a VMX guest and its host switch between a few
 # segment states over and over (pure functions of their input; bounded caches).
 _SEG_MEMO: dict[tuple, tuple] = {}
-_CACHE_MEMO: dict[tuple, list] = {}
+_CACHE_MEMO: dict[tuple, tuple] = {}
 _SEG_INPUT_KEYS = tuple(k for _slot, *keys in _SEG_KEYS for k in keys) + (
     "GUEST_GDTR_BASE", "GUEST_GDTR_LIMIT", "GUEST_IDTR_BASE", "GUEST_IDTR_LIMIT")
 _SEG_INPUT = operator.itemgetter(*_SEG_INPUT_KEYS)
@@ -111,7 +118,7 @@ def _segments_of(caches: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
     return _memo(_SEG_MEMO, caches, lambda: _segment_items(caches))
 
 
-def _caches_of(s: dict[str, int]) -> list[int]:
+def _caches_of(s: dict[str, int]) -> tuple[int, ...]:
     return _memo(_CACHE_MEMO, _SEG_INPUT(s), lambda: _cache_values(s))
 
 
@@ -123,10 +130,10 @@ class StateAccess:
         g = self.gprs.read()
         c = self.ctrl.read()
         blob = self.blob.load()
-        s: dict[str, int] = dict(zip(_GPR_KEYS, g))
+        s: dict[str, int] = dict(zip(_GPR_KEYS, g[:]))     # (a slice: one C call, not one a register)
         if self._stepping and not self._guest_tf:
             s["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
-        s.update(zip(_CTRL_KEYS, c))
+        s.update(zip(_CTRL_KEYS, c[:]))
         s["CR8"] = self.cr8
         s.update(_segments_of(blob.caches()))
         intr = 0
@@ -141,11 +148,8 @@ class StateAccess:
         s["GUEST_IA32_EFER"] = self._efer
         io = self._state_io()
         s.update(zip(io.uc_keys, io.batch.read()))
-        values = self.msrs.values
-        for key, index in io.py_msrs:
-            s[key] = values.get(index, 0)
-        for key in io.absent:
-            s[key] = 0
+        s.update(zip(io.py_keys, map(self.msrs.values.get, io.py_indices, io.py_zeros)))
+        s.update(io.absent_items)
         return s
 
     def _state_io(self) -> "_StateIO":
@@ -173,64 +177,124 @@ class StateAccess:
             s = full
         self._set_state(s)
 
-    def _set_state(self, s: dict[str, int]) -> None:
+    def set_state_over(self, s: dict[str, int], old: dict[str, int]) -> None:
+        """set_state(s) of a full snapshot when `old` is the get_state() just taken
+        (nothing run, written or read since; its RIP may differ): the unicorn MSRs are
+        written only when they differ from `old`, and the register batches that
+        get_state read are not read again.  The other register groups are compared
+        with the live values as set_state does.  VM exit uses it: host and guest
+        often share these MSRs."""
+        if len(s) != len(_KEYSET) or len(old) != len(_KEYSET) or not _KEYSET.issuperset(s):
+            self.set_state(s)
+            return
+        self._set_state(s, old, fresh=True)
+
+    def set_vmcs_state(self, s: dict[str, int]) -> None:
+        """set_state of a snapshot of exactly the VMCS_KEYS (what VM entry loads): the
+        EXTRA_KEYS registers keep their live values, read without the segment
+        conversions of a full get_state()."""
+        if len(s) != len(VMCS_KEYS) or not _VMCS_KEYSET.issuperset(s):
+            self.set_state(s)
+            return
+        io = self._state_io()
+        g = self.gprs.read()
+        full = dict(zip(_GPR_KEYS, g[:]))
+        if self._stepping and not self._guest_tf:
+            full["GUEST_RFLAGS"] &= ~AR.RFLAGS_TF
+        full.update(zip(_CTRL_KEYS, self.ctrl.read()[:]))
+        full["CR8"] = self.cr8
+        full["XCR0"] = self.blob.load().xcr0
+        live = dict(zip(io.uc_keys, io.batch.read()))
+        full.update(live)
+        full.update(zip(io.py_keys, map(self.msrs.values.get, io.py_indices, io.py_zeros)))
+        full.update(io.absent_items)
+        full.update(s)
+        self._set_state(full, live, fresh=True)
+
+    def _set_state(self, s: dict[str, int], old: dict[str, int] | None = None, fresh: bool = False) -> None:
+        # Each group is written only when it changes: every write into unicorn costs,
+        # and some have side effects (a CR3 write flushes QEMU's TLB).
+        # `fresh`: the register batches hold the live values (read since anything was
+        # written or run), as a get_state() just before leaves them.
+        fresh = fresh and not self._stepping
         self._end_stepping()
         io = self._state_io()
-        c = self.ctrl.read()
+        c = self.ctrl.values if fresh else self.ctrl.read()
         efer = s["GUEST_IA32_EFER"]
-        cr0 = s["GUEST_CR0"]
+        cr0, cr3, cr4 = s["GUEST_CR0"], s["GUEST_CR3"], s["GUEST_CR4"]
         # unicorn's TLB has no address-space tags: drop it when the translation context
         # (CR0, CR3, CR4, EFER) changes, not on every load (VM exit and entry between a
         # host and guest that share their paging keep it)
-        paging_changed = (c[REG.CR0] != cr0 or c[REG.CR3] != s["GUEST_CR3"] or c[REG.CR4] != s["GUEST_CR4"]
-                          or self._efer != efer)
-        if c[REG.CR4] != s["GUEST_CR4"]:
-            io.write_reg(REG.X.UC_X86_REG_CR4, s["GUEST_CR4"])
-        if c[REG.CR3] != s["GUEST_CR3"]:
-            io.write_reg(REG.X.UC_X86_REG_CR3, s["GUEST_CR3"])
-        if c[REG.CR0] != cr0:
-            io.write_reg(REG.X.UC_X86_REG_CR0, cr0)
+        paging_changed = _PAGING_GET(c) != (cr0, cr3, cr4) or self._efer != efer
+        if paging_changed:
+            if c[REG.CR4] != cr4:
+                io.write_reg(REG.X.UC_X86_REG_CR4, cr4)
+            if c[REG.CR3] != cr3:
+                io.write_reg(REG.X.UC_X86_REG_CR3, cr3)
+            if c[REG.CR0] != cr0:
+                io.write_reg(REG.X.UC_X86_REG_CR0, cr0)
+            c = self.ctrl.read()
         self._efer = efer                  # written exactly into the blob below
-        c = self.ctrl.read()
-        c[REG.CR2] = s["CR2"]
-        c[REG.DR0], c[REG.DR1], c[REG.DR2], c[REG.DR3] = s["DR0"], s["DR1"], s["DR2"], s["DR3"]
-        c[REG.DR6] = s["DR6"] | 0xFFFF0FF0
-        c[REG.DR7] = (s["GUEST_DR7"] | 0x400) & ~0xD000
-        self.ctrl.write()
-        g = self.gprs.read()
-        old_tb_rflags = g[REG.RFLAGS] & _TB_RFLAGS
-        g[:len(_GPR_KEYS)] = _GPR_GET(s)
-        g[REG.RFLAGS] |= 2
+        debug = _DEBUG_GET(s)
+        debug = (*debug[:5], debug[5] | 0xFFFF0FF0, (debug[6] | 0x400) & ~0xD000)
+        if paging_changed or _CTRL_DEBUG_GET(c) != debug:
+            c[REG.CR2], c[REG.DR0], c[REG.DR1], c[REG.DR2], c[REG.DR3], c[REG.DR6], c[REG.DR7] = debug
+            self.ctrl.write()
+        g = self.gprs.values if fresh else self.gprs.read()
+        g_vm = g[REG.RFLAGS]
+        old_tb_rflags = g_vm & _TB_RFLAGS
+        new = list(_GPR_GET(s))
+        rflags = new[REG.RFLAGS] = new[REG.RFLAGS] | 2
+        g[:len(_GPR_KEYS)] = new
         self.gprs.write()
-        io.batch.write([s[k] for k in io.uc_keys])
-        values = self.msrs.values
-        for key, index in io.py_msrs:
-            values[index] = s[key] & 0xFFFFFFFF if index == M.IA32_TSC_AUX else s[key]
-        blob = self.blob.load()
+        if io.uc_get is not None:
+            msrs = io.uc_get(s)
+            if old is None or msrs != io.uc_get(old):
+                io.batch.write(msrs)
+        if io.py_msrs:
+            values = self.msrs.values
+            values.update(zip(io.py_indices, io.py_get(s)))
+            if M.IA32_TSC_AUX in io.py_indices:
+                values[M.IA32_TSC_AUX] &= 0xFFFFFFFF
+        blob = self.blob.load()          # (after the writes above: storing it restores every register)
         old_hflags = blob.hflags
-        blob.set_caches(_caches_of(s))
-        blob.set_efer(efer)
-        blob.recompute_segment_hflags(cr0, g[REG.RFLAGS])
+        old_hflags2 = blob.hflags2
+        caches = _caches_of(s)
+        live = blob.caches()
+        segments_changed = live != caches
+        if segments_changed:
+            blob.set_caches(caches)
+        # the hflags QEMU derives from segments (CS and SS flags, ES/SS/DS bases), CR0,
+        # RFLAGS.VM and EFER.LMA: recomputed when one of them changes (QEMU keeps them
+        # current itself otherwise)
+        if (segments_changed and _HFLAGS_INPUT(live) != _HFLAGS_INPUT(caches)) or paging_changed or (g_vm ^ rflags) & AR.RFLAGS_VM or blob.efer != efer \
+                or (old_hflags & CB.HF_LMA) != (CB.HF_LMA if efer & M.EFER_LMA else 0):
+            blob.set_efer(efer)
+            blob.recompute_segment_hflags(cr0, rflags)
         intr = s["GUEST_INTERRUPTIBILITY_INFO"]
         hf = blob.hflags & ~CB.HF_INHIBIT_IRQ
         if intr & (EV.INTERRUPTIBILITY_STI | EV.INTERRUPTIBILITY_MOV_SS):
             hf |= CB.HF_INHIBIT_IRQ
-        blob.hflags = hf
-        hf2 = blob.hflags2 & ~CB.HF2_NMI
+        hf2 = old_hflags2 & ~CB.HF2_NMI
         if intr & EV.INTERRUPTIBILITY_NMI:
             hf2 |= CB.HF2_NMI
-        blob.hflags2 = hf2
-        blob.xcr0 = s["XCR0"]
-        blob.clear_exception_in_flight()
-        blob.store()
+        xcr0 = s["XCR0"]
+        # the blob is stored back only when something in it changes (QEMU clears no
+        # exception-in-flight marker itself: the interrupt hook and event delivery do)
+        if segments_changed or hf != old_hflags or hf2 != old_hflags2 or blob.xcr0 != xcr0 \
+                or blob.efer != efer or blob.old_exception != -1:
+            blob.hflags = hf
+            blob.hflags2 = hf2
+            blob.xcr0 = xcr0
+            blob.clear_exception_in_flight()
+            blob.store()
         self.cr8 = s["CR8"] & 0xF
         self.activity = s["GUEST_ACTIVITY_STATE"]
         self.pending_debug = s["GUEST_PENDING_DBG_EXCEPTIONS"]
         # a mode change (hflags: CPL, CS.L/D, ...; the RFLAGS bits QEMU keys translated
         # code with) drops unicorn's TLB too, which also empties QEMU's jump cache:
         # translated code of the old mode must not be reused (a test switches CS.L)
-        self._state_changed(paging_changed or blob.hflags != old_hflags
-                            or g[REG.RFLAGS] & _TB_RFLAGS != old_tb_rflags)
+        self._state_changed(paging_changed or hf != old_hflags or rflags & _TB_RFLAGS != old_tb_rflags)
 
     # -- pieces used by other parts of the machine ------------------------------------------
     def cpl(self) -> int:
@@ -241,6 +305,13 @@ class StateAccess:
         """(selector, base, limit, VMCS access rights) of ES..GS, LDTR or TR."""
         sel, base, limit, flags = self.blob.load().cache(_SLOT[name])
         return sel, base, limit, CB.flags_to_ar(flags)
+
+
+def _getter(keys: list[str]):
+    """The values of `keys` in a snapshot, as a tuple (operator.itemgetter for any count)."""
+    if len(keys) == 1:
+        return lambda s, k=keys[0]: (s[k],)
+    return operator.itemgetter(*keys) if keys else (lambda s: ())
 
 
 class _StateIO:
@@ -254,7 +325,14 @@ class _StateIO:
         self.absent = [k for k, i in _MSR_KEYS if not m.msrs.exists(i)]
         uc = [(k, i) for k, i in present if i in UNICORN_BACKED]
         self.py_msrs = [(k, i) for k, i in present if i not in UNICORN_BACKED]
+        self.py_indices = [i for _, i in self.py_msrs]
+        self.py_keys = [k for k, _ in self.py_msrs]
+        self.py_zeros = [0] * len(self.py_msrs)
+        self.absent_items = tuple((k, 0) for k in self.absent)
+        self.py_get = _getter([k for k, _ in self.py_msrs])
         self.uc_keys = [k for k, _ in uc]
+        # their values in a snapshot, as a tuple (None: no unicorn MSR)
+        self.uc_get = _getter(self.uc_keys) if uc else None
         self.batch = ffi.MsrBatch(m.engine.handle, [i for _, i in uc])
         self._engine = m.engine
 

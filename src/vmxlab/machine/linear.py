@@ -45,6 +45,7 @@ by PUSH/POP/CALL/RET or an RSP/RBP based operand, "Canonical Addressing").
 """
 from __future__ import annotations
 
+import operator
 import struct
 
 import iced_x86 as I
@@ -60,6 +61,7 @@ from .memory import PAGE, NonexistentMemory
 from .paging import FETCH, READ, WRITE, Context, PageFault
 
 _ACCESS_OF = {ffi.ACCESS_READ: READ, ffi.ACCESS_WRITE: WRITE, ffi.ACCESS_FETCH: FETCH}
+_PAGING_REGS = operator.itemgetter(REG.CR0, REG.CR3, REG.CR4)     # of the control-register batch
 _INFO = I.InstructionInfoFactory()
 _OA = I.OpAccess
 _READS = frozenset({_OA.READ, _OA.COND_READ, _OA.READ_WRITE, _OA.READ_COND_WRITE})
@@ -214,12 +216,16 @@ class MemoryAccess:
     def paging_context(self, cr0: int | None = None, cr3: int | None = None, cr4: int | None = None,
                        efer: int | None = None) -> Context:
         """The translation context of the current state (or of the given registers)."""
-        if cr0 is None or cr3 is None or cr4 is None:
-            c = self.ctrl.read()
-            cr0 = c[REG.CR0] if cr0 is None else cr0
-            cr3 = c[REG.CR3] if cr3 is None else cr3
-            cr4 = c[REG.CR4] if cr4 is None else cr4
-        efer = self._efer if efer is None else efer
+        if cr0 is None and cr3 is None and cr4 is None and efer is None:   # the live one (every decode)
+            cr0, cr3, cr4 = _PAGING_REGS(self.ctrl.read())
+            efer = self._efer
+        else:
+            if cr0 is None or cr3 is None or cr4 is None:
+                c = self.ctrl.read()
+                cr0 = c[REG.CR0] if cr0 is None else cr0
+                cr3 = c[REG.CR3] if cr3 is None else cr3
+                cr4 = c[REG.CR4] if cr4 is None else cr4
+            efer = self._efer if efer is None else efer
         key = (cr0, cr3, cr4, efer, self.pdptes, self._s2_tag)
         if key == self._ctx_key:
             return self._ctx

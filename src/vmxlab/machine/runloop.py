@@ -152,6 +152,8 @@ class _Watchdog:
 class RunControl:
     """Mixin of Machine: run(), hooks, dispatch."""
 
+    fast_client = None      # the client's fast path for #UD-class instructions (_fast_client)
+
     # -- public -------------------------------------------------------------------------------
     def run(self, time_budget: float | None = None, instruction_budget: int | None = None) -> Stop:
         """Run until a stop reason (see StopReason); resumable."""
@@ -578,7 +580,9 @@ class RunControl:
         rip = g[REG.RIP]
         if self._stepping:
             self._end_stepping()
-        insn = self.decode_at(rip)
+            g = self.gprs.read()
+        hf = self.blob.load().hflags
+        insn = self.decode_at(rip, 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16))
         if insn.code == _I.Code.INVALID or not insn.len:
             self._exception(EventInfo(EV.UD, EV.INTR_TYPE_HARD_EXCEPTION), rip, True)
             return True
@@ -588,10 +592,12 @@ class RunControl:
         kind = kind_of(insn)
         if kind is not None and kind in self.subs.kinds and self.client is not None \
                 and self._resume_native != rip:
-            site = _Ephemeral(rip, kind, insn)
             if self.inline_clients and not (self._counting or self._pending):
-                self._client_inline(site)
+                if self.fast_client is not None and self._fast_client(rip, insn, kind, hf):
+                    return True
+                self._client_inline(_Ephemeral(rip, kind, insn))
                 return True
+            site = _Ephemeral(rip, kind, insn)
             self._pending.append(("site", site))
             self._hook_stop = True
             self.engine.stop()
@@ -612,6 +618,31 @@ class RunControl:
             self._pending.append(("stop", self.memory_stop(e, rip)))
             self._hook_stop = True
             self.engine.stop()
+        return True
+
+    def _fast_client(self, rip: int, insn, kind: Kind, hflags: int) -> bool:
+        """The client's fast path for a #UD-class instruction it intercepts, inside the
+        hook as _client_inline, without building the Event: `fast_client(rip, insn,
+        kind, hflags)` (QEMU's hflags: CPL, CS.L/D; `gprs.values` hold the registers)
+        does the instruction and returns True, or does nothing and returns False (then
+        the client gets the event).  A fast client changes registers and its own state
+        only (nothing for the boundary: no memory writes, events, deadlines, timers or
+        activity changes), so it is taken only when nothing waits for the boundary.
+        (The virtual TSC is not paused for it: the instruction costs time as any other.)"""
+        if (self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending or self._window_irq
+                or self._window_nmi or self._tsc_deadline is not None or self.activity != EV.ACTIVITY_ACTIVE):
+            return False
+        gprs = self.gprs
+        pc_writes = gprs.pc_writes
+        self._in_client = True
+        try:
+            if not self.fast_client(rip, insn, kind, hflags):
+                return False
+        finally:
+            self._in_client = False
+        if gprs.pc_writes == pc_writes:   # end the block: what the client changed applies from here
+            gprs.read()
+            gprs.write_pc()
         return True
 
     def _exception_int1(self, rip: int) -> None:

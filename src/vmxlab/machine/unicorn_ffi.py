@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 from typing import Callable, Sequence
 
 from unicorn import Uc, UcError
@@ -148,7 +149,7 @@ class MsrBatch:
     (unicorn runs its own RDMSR/WRMSR helper for each: use only for MSRs whose
     values unicorn holds, e.g. STAR, LSTAR, SYSENTER_*, KERNEL_GS_BASE)."""
 
-    __slots__ = ("_h", "ids", "structs", "_ptrs", "_n", "indices")
+    __slots__ = ("_h", "ids", "structs", "_ptrs", "_n", "indices", "_mv", "_values", "_entries")
 
     def __init__(self, handle: int, indices: Sequence[int]):
         n = len(indices)
@@ -160,14 +161,22 @@ class MsrBatch:
         base = ctypes.addressof(self.structs)
         size = ctypes.sizeof(_Msr)
         self._ptrs = (c_void_p * n)(*[base + size * i for i in range(n)])
+        # the structs' bytes, read and written with one struct call (ctypes field access
+        # costs about 0.3 us a field)
+        self._mv = memoryview(self.structs).cast("B")
+        off, tail = _Msr.value.offset, size - _Msr.value.offset - 8
+        self._values = struct.Struct("<" + f"{off}xQ{tail}x" * n)
+        self._entries = struct.Struct("<" + f"I{off - 4}xQ{tail}x" * n)
 
     def read(self) -> list[int]:
         _read_batch(self._h, self.ids, self._ptrs, self._n)
-        return [s.value for s in self.structs]
+        return list(self._values.unpack_from(self._mv))
 
     def write(self, values: Sequence[int]) -> None:
-        for s, v in zip(self.structs, values):
-            s.value = v & 0xFFFFFFFFFFFFFFFF
+        pairs = []
+        for index, value in zip(self.indices, values):
+            pairs += (index, value & 0xFFFFFFFFFFFFFFFF)
+        self._entries.pack_into(self._mv, 0, *pairs)
         _write_batch(self._h, self.ids, self._ptrs, self._n)
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from itertools import compress
+from operator import ne
 from typing import Callable
 
 import iced_x86 as I
@@ -44,9 +46,10 @@ from ..arch import msr_switch as MS
 from ..arch import registers as AR
 from ..arch.instruction_errors import VMXERR_ENTRY_EVENTS_BLOCKED_BY_MOV_SS
 from ..caps import msrmodel
-from ..checks import check, check_changed
+from ..checks import check
 from ..checks.engine import entry_context, first_failure_changed, steady_runner
 from ..checks.facts import facts
+from ..checks.result import Result
 from ..machine import paging as PG
 from ..machine import registers as REG
 from ..machine import context_blob as CB
@@ -67,6 +70,8 @@ from .instructions import INVALID_POINTER, SUCCEED, Context, Outcome, VmxState
 
 _OK = I.OpKind
 _VALID = EV.INTR_INFO_VALID
+_PASSED = Result.from_violations("", "vmresume", [], [])   # (its outcome: "success")
+_NOT_STATUS = SUCCEED.rflags((1 << 64) - 1)      # the RFLAGS bits VMsucceed keeps
 
 # Exit reasons of the VMX instructions in VMX non-root operation.
 _VMX_EXIT = {Kind.VMXON: X.VMON, Kind.VMXOFF: X.VMOFF, Kind.VMCLEAR: X.VMCLEAR, Kind.VMPTRLD: X.VMPTRLD,
@@ -95,6 +100,10 @@ _SUBSCRIPTION_INPUT = (F.CPU_BASED_VM_EXEC_CONTROL, F.SECONDARY_VM_EXEC_CONTROL,
                        F.CR0_GUEST_HOST_MASK, F.CR4_GUEST_HOST_MASK, F.EXCEPTION_BITMAP,
                        F.PAGE_FAULT_ERROR_CODE_MASK, F.PAGE_FAULT_ERROR_CODE_MATCH)
 _SUBSCRIPTION_ZEROS = (0,) * len(_SUBSCRIPTION_INPUT)
+# the fields _subscribe_nonroot reads (its plan is memoized by their values)
+_NONROOT_INPUT = _SUBSCRIPTION_INPUT + (F.VM_EXIT_CONTROLS, F.VM_EXIT_MSR_STORE_COUNT, F.VM_EXIT_MSR_LOAD_COUNT,
+                                        F.APIC_ACCESS_ADDR, F.EPT_POINTER)
+_NONROOT_ZEROS = (0,) * len(_NONROOT_INPUT)
 
 
 class VmxFail(Exception):
@@ -206,6 +215,7 @@ class VmxCpu:
         self._lazy: _Lazy | None = None
         self._plan = None                      # (VMCS, checks Entry) reused by quick re-entries
         self._quick = None                     # _quick_resume's answer for the current lazy round trips
+        self._entry_plan = None                # (VMCS, (host LMA, VMCS pointer), Entry): _enter_from's
         self._vpid = False
         self._rearm_needed = False
         self._lazy_ok = False
@@ -214,7 +224,7 @@ class VmxCpu:
         self._hctx: Context | None = None       # host context of the current VMCS (cache)
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
         self._vmrw_plans: dict[int, tuple] = {}   # RIP -> VMREAD/VMWRITE operand plan (_vmrw_fast)
-        self._subscriptions: dict[tuple, tuple] = {}   # _nonroot_subscription by its inputs
+        self._subscriptions: dict[tuple, tuple] = {}   # _nonroot_plan by its inputs
         # switched MSRs every VM exit saves on this processor (arch.msr_switch)
         self._saved_msrs = T.saved_msrs(self.profile.allowed("VM_ENTRY_CONTROLS")[1],
                                         self.profile.allowed("VM_EXIT_CONTROLS")[1])
@@ -227,10 +237,13 @@ class VmxCpu:
         # the rules that read one of them (checks.check_changed).
         self._dirty: set[int] | None = None
         self._dirty_key = None                 # (VMCS, host LMA) the dirty set belongs to
+        p = self.profile                       # CR0/CR4 fixed bits in VMX root operation
+        self._root_fixed = ((p.cr0_fixed0, p.cr0_fixed1), (p.cr4_fixed0, p.cr4_fixed1))
         self._host_lma_of_entry = True
         self.full_checks = self.quick_checks = 0
         m = machine
         m.client = self._client
+        m.fast_client = self._fast_instruction
         self._subscribe_root()
 
     @property
@@ -428,12 +441,11 @@ class VmxCpu:
         m.request_nmi_window(False)
         m.request_mtf(False)
         m.set_tsc_deadline(None)
-        kinds = set(VMX_KINDS) if self.vmx.in_vmx else {Kind.VMXON}
-        m.intercept(*kinds, exceptions=0)
         if self.vmx.in_vmx:
-            m.cr0_fixed = (self.profile.cr0_fixed0, self.profile.cr0_fixed1)
-            m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+            m.intercept(*VMX_KINDS, exceptions=0)
+            m.cr0_fixed, m.cr4_fixed = self._root_fixed
         else:
+            m.intercept(Kind.VMXON, exceptions=0)
             m.cr0_fixed = m.cr4_fixed = None
 
     def _after_vmx_change(self) -> None:
@@ -526,25 +538,32 @@ class VmxCpu:
         return Action.DONE
 
     def _vmrw_fast(self, ev: Event) -> bool:
-        """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 with a current VMCS
-        and a supported field: the usual case of the VMREAD/VMWRITE operation, done
-        here without the general path's context, operand and outcome objects.
-        False (nothing done) for anything else: the general path decides."""
-        insn = ev.insn
-        plan = self._vmrw_plans.get(ev.rip)
+        return self._fast_instruction(ev.rip, ev.insn, ev.kind, self.m.blob.load().hflags, self.m.gprs.read())
+
+    def _fast_instruction(self, rip: int, insn, kind: Kind, hf: int, g=None) -> bool:
+        """VMREAD r64, r64 / VMWRITE r64, r64 in 64-bit mode at CPL 0 in VMX root
+        operation with a current VMCS and a supported field: the usual case of the
+        VMREAD/VMWRITE operation, done here without the general path's context,
+        operand and outcome objects.  Machine.fast_client (straight from the #UD
+        hook; `g` None: the machine's gprs.values are current) and _root's fast path.
+        `hf`: QEMU's hflags.  False (nothing done) for anything else: the general
+        path decides."""
+        plan = self._vmrw_plans.get(rip)
         if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
-            plan = self._vmrw_plan(ev)
-        if plan[1] is None or self._lazy is not None:
+            if kind is not Kind.VMREAD and kind is not Kind.VMWRITE:
+                return False
+            plan = self._vmrw_plan(rip, insn, kind)
+        if plan[1] is None or self._lazy is not None or self._stop_request is not None or self.vmx.non_root:
             return False
         vmx, m = self.vmx, self.m
-        cur = vmx.current_vmcs
+        cur = vmx.vmcs.get(vmx.current)                  # (current_vmcs: INVALID_POINTER is never a key)
         if cur is None or not vmx.in_vmx:
             return False
-        hf = m.blob.load().hflags
         if not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:   # #UD outside 64-bit mode, #GP at CPL > 0
             return False
         _insn, reading, a, b = plan
-        g = m.gprs.read()
+        if g is None:
+            g = m.gprs.values
         enc = g[b] if reading else g[a]
         if reading:                                      # VMREAD r/m64 (a), r64 (b)
             if self._supported.get(enc) is None:
@@ -560,23 +579,22 @@ class VmxCpu:
             cur.values[enc] = g[b] & mask
             if self._dirty is not None:
                 self._dirty.add(enc)
-        g[REG.RFLAGS] = SUCCEED.rflags(g[REG.RFLAGS])     # VMsucceed
-        g[REG.RIP] = (ev.rip + ev.length) & 0xFFFFFFFFFFFFFFFF
+        g[REG.RFLAGS] &= _NOT_STATUS                      # VMsucceed
+        g[REG.RIP] = (rip + insn.len) & 0xFFFFFFFFFFFFFFFF
         m.gprs.write()
         return True
 
-    def _vmrw_plan(self, ev: Event):
+    def _vmrw_plan(self, rip: int, insn, kind: Kind):
         """(insn, reading, operand 0 GPR index, operand 1 GPR index) of a VMREAD/VMWRITE
         with two 64-bit register operands, else (insn, None, 0, 0)."""
-        insn = ev.insn
         plan = (insn, None, 0, 0)
         if insn.op_count == 2 and insn.op0_kind == _OK.REGISTER and insn.op1_kind == _OK.REGISTER:
             r0, r1 = REG.ICED_GPR.get(insn.op0_register), REG.ICED_GPR.get(insn.op1_register)
             if r0 is not None and r1 is not None and r0[1:] == (8, 0) and r1[1:] == (8, 0):
-                plan = (insn, ev.kind is Kind.VMREAD, r0[0], r1[0])
+                plan = (insn, kind is Kind.VMREAD, r0[0], r1[0])
         if len(self._vmrw_plans) > 1024:
             self._vmrw_plans.clear()
-        self._vmrw_plans[ev.rip] = plan
+        self._vmrw_plans[rip] = plan
         return plan
 
     def _execute(self, k: Kind, ctx: Context, insn) -> Outcome | None:
@@ -661,8 +679,14 @@ class VmxCpu:
             self.quick_checks += 1
             # the last entry with this VMCS succeeded: unchanged controls were refused nothing
             controls_checked = dirty.isdisjoint(_CONTROL_FIELDS)
-            result = check_changed(vmcs, self.profile, dirty, memory=self._read_host_or_none,
-                                   host_lma=ctx.efer_lma, vmcs_pointer=v.current)
+            # the checks' Entry (effective controls, host LMA, VMCS pointer) is kept while
+            # the controls do not change
+            plan = self._entry_plan
+            where = (ctx.efer_lma, v.current)
+            if not controls_checked or plan is None or plan[0] is not vmcs or plan[1] != where:
+                plan = self._entry_plan = (vmcs, where, entry_context(vmcs, self.profile, "vmresume", *where))
+            result = first_failure_changed(vmcs, self.profile, dirty, self._read_host_or_none, "vmresume",
+                                           ctx.efer_lma, False, v.current, plan[2]) or _PASSED
         else:
             self.full_checks += 1
             result = check(vmcs, self.profile, memory=self._read_host_or_none, instruction=instruction,
@@ -705,13 +729,18 @@ class VmxCpu:
         if len(v) < len(F.FIELDS):                # every encoding present: the checker's fast path
             for f in F.FIELDS:
                 v.setdefault(f.encoding, 0)
-        state = T.load_guest(v, m.get_state())
-        m.set_state(state)
+        # what "Loading Guest State" keeps from the processor (under the entry controls);
+        # every other guest-state key comes from the VMCS
+        c = m.ctrl.read()
+        kept = {"GUEST_CR0": c[REG.CR0], "GUEST_IA32_EFER": m._efer, "GUEST_DR7": c[REG.DR7],
+                "GUEST_IA32_DEBUGCTL": m.msrs.peek(0x1D9), "GUEST_IA32_PAT": m.msrs.peek(0x277)}
+        m.set_vmcs_state(T.load_guest(v, kept))
         T.load_guest_msrs(v, m.msrs.poke)
         entry_ctl = v.get(F.VM_ENTRY_CONTROLS, 0)
         # "Loading MSRs": the VM-entry MSR-load area, in order (the checker has tested each entry)
-        for index, (msr, value) in enumerate(self._msr_area(v.get(F.VM_ENTRY_MSR_LOAD_ADDR, 0),
-                                                            v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0)), 1):
+        count = v.get(F.VM_ENTRY_MSR_LOAD_COUNT, 0)
+        for index, (msr, value) in enumerate(self._msr_area(v.get(F.VM_ENTRY_MSR_LOAD_ADDR, 0), count)
+                                             if count else (), 1):
             why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)
             if why:
                 self._entry_failure(X.MSR_LOAD_FAIL, index)
@@ -723,7 +752,7 @@ class VmxCpu:
         self._dirty_key = (id(vmcs), self._host_lma_of_entry)
         self.vmx.non_root = True
         self._subscribe_nonroot(v)
-        if not self._controls(v)[1] & C.SECONDARY_EXEC_ENABLE_VPID:
+        if not self._vpid:                      # (set by _subscribe_nonroot from these controls)
             m.flush_tlb()                       # without VPID, entries invalidate linear mappings
         self._inject(v)
 
@@ -770,47 +799,54 @@ class VmxCpu:
         """Intercepts follow the controls: the kinds that can exit, or that behave
         differently in non-root operation, go to _nonroot; the rest run natively."""
         m = self.m
-        cpu, sec, pin, _ = self._controls(v)
         self._quick = None
-        self._vpid = bool(sec & C.SECONDARY_EXEC_ENABLE_VPID)
+        key = tuple(map(v.get, _NONROOT_INPUT, _NONROOT_ZEROS))
+        plan = self._subscriptions.get(key)
+        if plan is None:
+            if len(self._subscriptions) > 64:
+                self._subscriptions.clear()
+            plan = self._subscriptions[key] = self._nonroot_plan(v)
+        self._vpid, self._lazy_ok, self._rearm_needed, kinds, bitmap, apic, ept, pml, cr0_fixed, cr4_fixed = plan
+        self._hctx = None
+        m.intercept(*kinds, exceptions=bitmap)
+        self._rearm(v)
+        self._apic_page = apic
+        self._ept = ept
+        if ept is not None:
+            self._pml = self._pml_log if pml else None
+            m.set_second_stage(self._second_stage, tag=ept if apic is None else (ept, apic))
+        elif apic is not None:                    # guest-physical = physical, but the APIC-access page
+            m.set_second_stage(self._apic_stage, tag=("apic", apic))
+        else:
+            m.second_stage = None
+        m.cr0_fixed = cr0_fixed
+        m.cr4_fixed = cr4_fixed
+
+    def _nonroot_plan(self, v: dict[int, int]) -> tuple:
+        """What _subscribe_nonroot applies, from the _NONROOT_INPUT fields (memoized)."""
+        cpu, sec, pin, _ = self._controls(v)
         # exits to Python host code can be lazy when the exit has no MSR-store/load
         # area, does not save the preemption timer and switches no MSR by a control
         # (their effects need the full path: host code may read the MSRs)
-        self._lazy_ok = not (v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) or v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
-                             or v.get(F.VM_EXIT_CONTROLS, 0) & (C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER | MS.EXIT_CHANGES))
-        self._hctx = None
-        self._rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
-                                         | C.CPU_BASED_MONITOR_TRAP_FLAG)
-                                  or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER
-                                  or sec & C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
-        key = tuple(map(v.get, _SUBSCRIPTION_INPUT, _SUBSCRIPTION_ZEROS))
-        subscription = self._subscriptions.get(key)
-        if subscription is None:
-            if len(self._subscriptions) > 64:
-                self._subscriptions.clear()
-            subscription = self._subscriptions[key] = self._nonroot_subscription(v, cpu, sec, pin)
-        kinds, bitmap = subscription
-        m.intercept(*kinds, exceptions=bitmap)
-        self._rearm(v)
+        lazy_ok = not (v.get(F.VM_EXIT_MSR_STORE_COUNT, 0) or v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
+                       or v.get(F.VM_EXIT_CONTROLS, 0) & (C.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER | MS.EXIT_CHANGES))
+        rearm_needed = bool(cpu & (C.CPU_BASED_INTR_WINDOW_EXITING | C.CPU_BASED_NMI_WINDOW_EXITING
+                                   | C.CPU_BASED_MONITOR_TRAP_FLAG)
+                            or pin & C.PIN_BASED_VMX_PREEMPTION_TIMER
+                            or sec & C.SECONDARY_EXEC_PAUSE_LOOP_EXITING)
+        kinds, bitmap = self._nonroot_subscription(v, cpu, sec, pin)
         apic = v.get(F.APIC_ACCESS_ADDR, 0) & ~0xFFF if sec & C.SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES else None
-        self._apic_page = apic
+        ept = None
         if sec & C.SECONDARY_EXEC_ENABLE_EPT:
-            self._ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
-            self._pml = self._pml_log if sec & C.SECONDARY_EXEC_ENABLE_PML else None
-            m.set_second_stage(self._second_stage, tag=self._ept if apic is None else (self._ept, apic))
-        elif apic is not None:
-            self._ept = None                      # guest-physical = physical, but the APIC-access page
-            m.set_second_stage(self._apic_stage, tag=("apic", apic))
-        else:
-            self._ept = None
-            m.second_stage = None
+            ept = (v.get(F.EPT_POINTER, 0), bool(sec & C.SECONDARY_EXEC_MODE_BASED_EPT_EXEC))
         # In VMX non-root operation CR0/CR4 fixed bits apply to the guest's values
         # ("Changes to Instruction Behavior": unrestricted guest relaxes PE and PG).
         f0 = self.profile.cr0_fixed0
         if sec & C.SECONDARY_EXEC_UNRESTRICTED_GUEST:
             f0 &= ~(AR.CR0_PE | AR.CR0_PG)
-        m.cr0_fixed = (f0, self.profile.cr0_fixed1)
-        m.cr4_fixed = (self.profile.cr4_fixed0, self.profile.cr4_fixed1)
+        return (bool(sec & C.SECONDARY_EXEC_ENABLE_VPID), lazy_ok, rearm_needed, kinds, bitmap, apic, ept,
+                bool(sec & C.SECONDARY_EXEC_ENABLE_PML), (f0, self.profile.cr0_fixed1),
+                (self.profile.cr4_fixed0, self.profile.cr4_fixed1))
 
     def _nonroot_subscription(self, v: dict[int, int], cpu: int, sec: int, pin: int) -> tuple[tuple, int]:
         """(kinds, exception bitmap) to intercept in non-root operation under these
@@ -1447,8 +1483,8 @@ class VmxCpu:
         if dirty is not None:
             after = list(map(v.get, _SAVED_FIELDS))
             if after != before:
-                # (set difference of (encoding, value) pairs: C-level over ~100 fields)
-                dirty.update([enc for enc, _ in set(zip(_SAVED_FIELDS, after)) - set(zip(_SAVED_FIELDS, before))])
+                # (the encodings whose values differ, C-level over the ~60 fields)
+                dirty.update(compress(_SAVED_FIELDS, map(ne, after, before)))
 
     def materialize(self) -> None:
         """Finish a lazy exit: save the guest state into the VMCS and load the host
@@ -1639,7 +1675,7 @@ class VmxCpu:
         """What every entry re-arms: window requests, MTF, the preemption timer, the
         PAUSE-loop detection."""
         m = self.m
-        cpu, _, pin, _ = self._controls(v)
+        cpu, pin = v.get(F.CPU_BASED_VM_EXEC_CONTROL, 0), v.get(F.PIN_BASED_VM_EXEC_CONTROL, 0)
         self._ple_last = None
         m.request_interrupt_window(bool(cpu & C.CPU_BASED_INTR_WINDOW_EXITING))
         m.request_nmi_window(bool(cpu & C.CPU_BASED_NMI_WINDOW_EXITING))
@@ -1652,15 +1688,17 @@ class VmxCpu:
 
     def _load_host_state(self, v: dict[int, int], state: dict[str, int]) -> None:
         """"Loading Host State": registers from the host-state area, then the MSRs the
-        VM-exit controls load or clear (before the VM-exit MSR-load area)."""
-        self.m.set_state(T.load_host(v, state, self.profile.maxphyaddr))
+        VM-exit controls load or clear (before the VM-exit MSR-load area).  `state`:
+        the live state (get_state(), its RIP may be the guest RIP the exit saves)."""
+        self.m.set_state_over(T.load_host(v, state, self.profile.maxphyaddr), state)
         T.load_host_msrs(v, self.m.msrs.poke)
 
     def _to_host(self, v: dict[int, int], save_guest: bool, state: dict | None = None) -> None:
         m = self.m
         self._load_host_state(v, m.get_state() if state is None else state)
         # "Loading MSRs" on VM exit: the VM-exit MSR-load area
-        for msr, value in self._msr_area(v.get(F.VM_EXIT_MSR_LOAD_ADDR, 0), v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)):
+        count = v.get(F.VM_EXIT_MSR_LOAD_COUNT, 0)
+        for msr, value in self._msr_area(v.get(F.VM_EXIT_MSR_LOAD_ADDR, 0), count) if count else ():
             why = msrmodel.wrmsr_fault(self.profile, msr, value, m.msrs.peek(msr) if m.msrs.exists(msr) else None)
             if why or msr in (0xC0000100, 0xC0000101) or msr >> 8 == 0x8:
                 self._vmx_abort(4)

@@ -20,6 +20,8 @@ entry), vmxlab loads the field's value: a defined choice within "undefined".
 """
 from __future__ import annotations
 
+from operator import and_
+
 from ..arch import controls as C
 from ..arch import fields as F
 from ..arch import msr_switch as MS
@@ -55,6 +57,12 @@ _COPY_KEYS = _PLAIN + tuple(k for keys, _ in _SEG_KEYS for k in keys[:3])
 _COPY_ENCS = tuple(e for _, e in _PLAIN_ENC) + tuple(e for _, encs in _SEG_KEYS for e in encs[:3])
 _COPY_ZEROS = (0,) * len(_COPY_KEYS)
 _AR_KEYS = tuple((keys[3], encs[3]) for keys, encs in _SEG_KEYS)
+# the same as parallel tuples, with the mask both directions apply (C-level map/zip)
+_AR_NAMES = tuple(k for k, _ in _AR_KEYS)
+_AR_ENCS = tuple(e for _, e in _AR_KEYS)
+_AR_MASKS = (_AR_SAVE_MASK | S.AR_UNUSABLE,) * len(_AR_KEYS)
+_AR_ZEROS = (0,) * len(_AR_KEYS)
+_AR_UNUSABLES = (S.AR_UNUSABLE,) * len(_AR_KEYS)
 
 
 def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
@@ -80,8 +88,7 @@ def load_guest(v: dict[int, int], state: dict[str, int]) -> dict[str, int]:
         g["GUEST_IA32_EFER"] = efer
     if entry & C.VM_ENTRY_LOAD_IA32_PAT:
         g["GUEST_IA32_PAT"] = v.get(F.GUEST_IA32_PAT, 0)
-    for kar, ar in _AR_KEYS:
-        g[kar] = v.get(ar, 0) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
+    g.update(zip(_AR_NAMES, map(and_, map(v.get, _AR_ENCS, _AR_ZEROS), _AR_MASKS)))
     return g
 
 
@@ -104,8 +111,7 @@ def save_guest(state: dict[str, int], v: dict[int, int], exit_controls: int,
         v[F.GUEST_IA32_PAT] = state.get("GUEST_IA32_PAT", 0)
     if exit_controls & C.VM_EXIT_SAVE_IA32_EFER:
         v[F.GUEST_IA32_EFER] = state.get("GUEST_IA32_EFER", 0)
-    for kar, ar in _AR_KEYS:
-        v[ar] = state.get(kar, S.AR_UNUSABLE) & (_AR_SAVE_MASK | S.AR_UNUSABLE)
+    v.update(zip(_AR_ENCS, map(and_, map(state.get, _AR_NAMES, _AR_UNUSABLES), _AR_MASKS)))
     if store_lma:
         entry = v.get(F.VM_ENTRY_CONTROLS, 0) & ~C.VM_ENTRY_IA32E_MODE
         if state.get("GUEST_IA32_EFER", 0) & M.EFER_LMA:
@@ -142,10 +148,12 @@ def _host_segments(v: dict[int, int], long_mode: bool) -> tuple[tuple[str, int],
     return tuple(h.items())
 
 
-# _host_segments memoized by what it reads (an exit loads the same host segments each time)
-_HOST_SEG_INPUT = (*(enc for _s, enc, _k in _HOST_SEG), F.HOST_TR_BASE, F.HOST_FS_BASE, F.HOST_GS_BASE)
-_HOST_SEG_ZEROS = (0,) * len(_HOST_SEG_INPUT)
-_HOST_SEG_MEMO: dict[tuple, tuple] = {}
+# the fields _host_items reads (an exit loads the same host state each time: memoized by them)
+_HOST_INPUT = (F.VM_EXIT_CONTROLS, F.HOST_CR3, F.HOST_CR4, F.HOST_IA32_SYSENTER_CS, F.HOST_IA32_SYSENTER_ESP,
+               F.HOST_IA32_SYSENTER_EIP, F.HOST_IA32_PAT, *(enc for _s, enc, _k in _HOST_SEG), F.HOST_TR_BASE,
+               F.HOST_FS_BASE, F.HOST_GS_BASE, F.HOST_GDTR_BASE, F.HOST_IDTR_BASE, F.HOST_RIP, F.HOST_RSP)
+_HOST_ZEROS = (0,) * len(_HOST_INPUT)
+_HOST_MEMO: dict[tuple, tuple] = {}
 
 
 def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict[str, int]:
@@ -154,30 +162,36 @@ def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict
     exit_ctl = v.get(F.VM_EXIT_CONTROLS, 0)
     long_mode = bool(exit_ctl & C.VM_EXIT_HOST_ADDR_SPACE_SIZE)
     h["GUEST_CR0"] = (state.get("GUEST_CR0", 0) & CR0_KEEP_ON_EXIT) | (v.get(F.HOST_CR0, 0) & ~CR0_KEEP_ON_EXIT)
-    h["GUEST_CR3"] = v.get(F.HOST_CR3, 0) & ((1 << maxphyaddr) - 1)
-    cr4 = v.get(F.HOST_CR4, 0)
-    if long_mode:
-        cr4 |= 1 << 5                                        # CR4.PAE
-    h["GUEST_CR4"] = cr4
-    h["GUEST_DR7"] = 0x400
-    h["GUEST_IA32_DEBUGCTL"] = 0
-    h["GUEST_SYSENTER_CS"] = v.get(F.HOST_IA32_SYSENTER_CS, 0)
-    h["GUEST_SYSENTER_ESP"] = v.get(F.HOST_IA32_SYSENTER_ESP, 0)
-    h["GUEST_SYSENTER_EIP"] = v.get(F.HOST_IA32_SYSENTER_EIP, 0)
     if exit_ctl & C.VM_EXIT_LOAD_IA32_EFER:
         h["GUEST_IA32_EFER"] = v.get(F.HOST_IA32_EFER, 0)
     else:
         efer = state.get("GUEST_IA32_EFER", 0) & ~(M.EFER_LMA | M.EFER_LME)
         h["GUEST_IA32_EFER"] = efer | ((M.EFER_LMA | M.EFER_LME) if long_mode else 0)
+    # the rest depends on the host-state fields and the exit controls only: the same
+    # items at every exit of a VMCS (memoized by their values)
+    key = (maxphyaddr, *map(v.get, _HOST_INPUT, _HOST_ZEROS))
+    items = _HOST_MEMO.get(key)
+    if items is None:
+        if len(_HOST_MEMO) > 64:
+            _HOST_MEMO.clear()
+        items = _HOST_MEMO[key] = _host_items(v, exit_ctl, long_mode, maxphyaddr)
+    h.update(items)
+    return h
+
+
+def _host_items(v: dict[int, int], exit_ctl: int, long_mode: bool, maxphyaddr: int) -> tuple[tuple[str, int], ...]:
+    """The snapshot items "Loading Host State" sets from the host-state area alone."""
+    cr4 = v.get(F.HOST_CR4, 0)
+    if long_mode:
+        cr4 |= 1 << 5                                        # CR4.PAE
+    h = {"GUEST_CR3": v.get(F.HOST_CR3, 0) & ((1 << maxphyaddr) - 1), "GUEST_CR4": cr4,
+         "GUEST_DR7": 0x400, "GUEST_IA32_DEBUGCTL": 0,
+         "GUEST_SYSENTER_CS": v.get(F.HOST_IA32_SYSENTER_CS, 0),
+         "GUEST_SYSENTER_ESP": v.get(F.HOST_IA32_SYSENTER_ESP, 0),
+         "GUEST_SYSENTER_EIP": v.get(F.HOST_IA32_SYSENTER_EIP, 0)}
     if exit_ctl & C.VM_EXIT_LOAD_IA32_PAT:
         h["GUEST_IA32_PAT"] = v.get(F.HOST_IA32_PAT, 0)
-    key = (long_mode, *map(v.get, _HOST_SEG_INPUT, _HOST_SEG_ZEROS))
-    items = _HOST_SEG_MEMO.get(key)
-    if items is None:
-        if len(_HOST_SEG_MEMO) > 64:
-            _HOST_SEG_MEMO.clear()
-        items = _HOST_SEG_MEMO[key] = _host_segments(v, long_mode)
-    h.update(items)
+    h.update(_host_segments(v, long_mode))
     h["GUEST_LDTR_SELECTOR"], h["GUEST_LDTR_BASE"], h["GUEST_LDTR_LIMIT"] = 0, 0, 0
     h["GUEST_LDTR_AR_BYTES"] = S.AR_UNUSABLE
     h["GUEST_GDTR_BASE"], h["GUEST_GDTR_LIMIT"] = v.get(F.HOST_GDTR_BASE, 0), 0xFFFF
@@ -188,7 +202,7 @@ def load_host(v: dict[int, int], state: dict[str, int], maxphyaddr: int) -> dict
     h["GUEST_ACTIVITY_STATE"] = 0
     h["GUEST_PENDING_DBG_EXCEPTIONS"] = 0
     h["GUEST_INTERRUPTIBILITY_INFO"] = 0
-    return h
+    return tuple(h.items())
 
 
 # ---- MSRs switched under controls (arch.msr_switch) -------------------------------------------
