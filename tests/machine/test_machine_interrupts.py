@@ -189,3 +189,43 @@ def test_syscall_and_sysret():
     e2.m.run(time_budget=0.2)
     assert e2.reg("R9") == 7 and e2.m.cpl() == 3
     assert e2.state("GUEST_CS_SELECTOR") == 0x2B and e2.state("GUEST_SS_SELECTOR") == 0x23
+
+
+def _shadowed_by_python(client_kind=None):
+    """sti, then two CPUIDs executed in Python (emulated, or by a client), then CLI:
+    the STI shadow covers the first CPUID only ("Interrupt Shadows"), so a pending
+    interrupt arrives right after it -- not never (QEMU would keep its shadow until
+    an instruction it executes itself, the CLI, completes)."""
+    from vmxlab.machine import Action, Kind
+    from vmxlab.machine import registers as REG
+    e = H.Env()
+    e.handler(0x40, "mov r8, [rsp]; inc r14; iretq")
+    a = e.code("""
+        xor r14, r14
+        sti
+        cpuid
+    after: cpuid
+        cli
+        hlt""")
+    if client_kind is not None:
+        def client(m, ev):
+            g = m.gprs.read()
+            g[REG.RIP] = ev.rip + ev.length
+            m.gprs.write()
+            return Action.DONE
+        e.m.client = client
+        e.m.intercept(client_kind)
+    e.m.raise_interrupt(0x40)
+    assert e.m.run(time_budget=2).reason == StopReason.HALTED
+    return e, a
+
+
+def test_the_sti_shadow_ends_after_an_instruction_emulated_in_python():
+    e, a = _shadowed_by_python()
+    assert e.reg("R14") == 1 and e.reg("R8") == a.labels["after"]
+
+
+def test_the_sti_shadow_ends_after_an_instruction_a_client_did():
+    from vmxlab.machine import Kind
+    e, a = _shadowed_by_python(Kind.CPUID)
+    assert e.reg("R14") == 1 and e.reg("R8") == a.labels["after"]

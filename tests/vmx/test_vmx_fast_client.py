@@ -50,3 +50,25 @@ def test_vmread_and_vmwrite_take_the_fast_path_when_nothing_waits():
     assert stop.reason == StopReason.HALTED
     assert b.env.reg("RCX") == 0x5678 and b.cpu.vmread("GUEST_RIP") == 0x5678
     assert len(taken) == 2
+
+
+def test_blocking_by_sti_survives_a_vm_exit_and_entry():
+    """CPUID right after STI exits before completing: the exit saves blocking by
+    STI, VMRESUME loads it back ("Guest Non-Register State"), so the first
+    instruction after the entry still runs in the shadow; a pending interrupt
+    (no external-interrupt exiting) arrives through the guest IDT after it."""
+    from vmxlab.arch import controls as C
+    b = Bench()
+    b.env.handler(0x40, "mov r8, [rsp]; iretq")
+    cpu = b.start("""
+        sti
+        cpuid
+        nop                    # blocking by STI loaded by VMRESUME: the interrupt waits
+    after: nop
+        cli
+        hlt""", controls={"CPU_BASED_VM_EXEC_CONTROL": C.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS},
+        host=b.record_and_resume())
+    b.m.raise_interrupt(0x40)
+    assert cpu.run(time_budget=5).reason == StopReason.HALTED
+    assert [e.basic for e in b.exits] == [10]
+    assert b.env.reg("R8") == b.guest.labels["after"]

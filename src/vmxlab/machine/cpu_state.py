@@ -272,6 +272,7 @@ class StateAccess:
             blob.set_efer(efer)
             blob.recompute_segment_hflags(cr0, rflags)
         intr = s["GUEST_INTERRUPTIBILITY_INFO"]
+        self.shadow_writes += 1
         hf = blob.hflags & ~CB.HF_INHIBIT_IRQ
         if intr & (EV.INTERRUPTIBILITY_STI | EV.INTERRUPTIBILITY_MOV_SS):
             hf |= CB.HF_INHIBIT_IRQ

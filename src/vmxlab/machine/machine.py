@@ -115,6 +115,9 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._tb_flush_pending = False            # a code write by an inline client (flushed at the boundary)
         self.inline_clients = True                # hand intercepted instructions to the client inside the hook
         self._in_client = False
+        # explicit interruptibility writes (set_state, a VM entry's): a client that made one
+        # owns the interrupt shadow; otherwise DONE ends it (runloop._end_shadow)
+        self.shadow_writes = 0
         self._resume_native: int | None = None
         self._breakpoints: dict[int, bool] = {}
         self._bp_skip: int | None = None

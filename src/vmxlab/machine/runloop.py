@@ -465,6 +465,9 @@ class RunControl:
         try:
             fn(self, site.insn, address)
             self.emulated += 1
+            if self._end_shadow():
+                self._hook_stop = True
+                self.engine.stop()
         except Fault as f:
             self._pending.append(("fault", f, site.insn))
             self._hook_stop = True
@@ -490,6 +493,7 @@ class RunControl:
         timer = self.timer.deadline
         gprs = self.gprs
         pc_writes = gprs.pc_writes
+        shadow_writes = self.shadow_writes
         self._in_client = True
         try:
             action = self.client(self, ev)
@@ -500,6 +504,8 @@ class RunControl:
             if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
                     or self._window_irq or self._window_nmi or self._tsc_deadline is not None
                     or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
+                if self.shadow_writes == shadow_writes:
+                    self._end_shadow()
                 self._hook_stop = True
                 self.engine.stop()
             if gprs.pc_writes == pc_writes:   # end the block: what the client changed applies from here
@@ -608,6 +614,9 @@ class RunControl:
             if fn is None:
                 raise Fault(EV.UD, None, reason=f"{insn} is undefined here")
             fn(self, insn, rip)
+            if self._end_shadow():
+                self._hook_stop = True
+                self.engine.stop()
         except Fault as f:
             self._exception(EventInfo(f.vector, EV.INTR_TYPE_HARD_EXCEPTION, f.error_code, cr2=f.cr2), rip, True)
         except MachineNotImplemented as e:
@@ -742,11 +751,14 @@ class RunControl:
 
     def _site_event(self, site) -> Stop | None:
         ev = self._instruction_event(site.kind, site.insn, site.address)
+        shadow_writes = self.shadow_writes
         action = self.client(self, ev)
         if action == Action.STOP:
             self._resume_native = site.address
             return Stop(StopReason.EVENT, site.address, ev)
         if action == Action.DONE:
+            if self.shadow_writes == shadow_writes:
+                self._end_shadow()
             return None
         return self._run_native(site.kind, site.insn, site.address)
 
@@ -767,7 +779,24 @@ class RunControl:
                             address, False)
         except (SecondStageRefusal, NonexistentMemory) as e:
             return self.memory_stop(e, address)
+        else:
+            self._end_shadow()
         return None
+
+    def _end_shadow(self) -> bool:
+        """An instruction completed in Python: the interrupt shadow of the one before
+        it (STI, MOV SS: "Interrupt Shadows", blocking lasts until the next instruction
+        completes) is over.  QEMU ends it only after an instruction it executes, so it
+        would last one more (and hold back a pending interrupt until then).  Only
+        where something waits for the shadow (reading it costs a context save); True
+        then (inside a hook: end the segment, the boundary delivers)."""
+        if self._irr or self._nmi_pending or self._window_irq or self._window_nmi:
+            blob = self.blob.load()
+            if blob.hflags & CB.HF_INHIBIT_IRQ:
+                blob.hflags = blob.hflags & ~CB.HF_INHIBIT_IRQ
+                blob.store()
+            return True
+        return False
 
     def memory_stop(self, e: Exception, rip: int, linear: int | None = None) -> Stop:
         """The stop for the instruction at `rip` whose access the second stage refused

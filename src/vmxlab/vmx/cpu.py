@@ -1521,6 +1521,7 @@ class VmxCpu:
                 m = self.m
                 m.gprs.values[REG.RIP] = v[F.GUEST_RIP]
                 m.gprs.write_pc()
+                m.shadow_writes += 1              # VM entry: the guest's interruptibility stands
                 self._lazy = None
                 self._dirty = set()
                 self.vmx.non_root = True
@@ -1564,6 +1565,7 @@ class VmxCpu:
         self._dirty = set()
         self._dirty_key = key
         self.vmx.non_root = True
+        self.m.shadow_writes += 1                 # VM entry: the guest's interruptibility stands
         if not written.isdisjoint(_HOST_OR_CONTROL):
             if not written.isdisjoint(_HOST_FIELDS):
                 self._hctx = None
