@@ -107,6 +107,7 @@ class BlobLayout:
 
 
 _U32 = struct.Struct("<I").unpack_from
+_CR034 = struct.Struct("<Q16xQQ").unpack_from      # cr[0], cr[3], cr[4] of cr[5]
 
 
 class ContextBlob:
@@ -152,6 +153,10 @@ class ContextBlob:
     @property
     def hflags(self) -> int:
         return _U32(self.mv, self.layout.hflags)[0]       # (read on every hot path)
+
+    def paging_regs(self) -> tuple[int, int, int]:
+        """(CR0, CR3, CR4): QEMU's env->cr[], which uc_reg_read returns for them."""
+        return _CR034(self.mv, self.layout.cr)
 
     @hflags.setter
     def hflags(self, value: int) -> None:

@@ -145,6 +145,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._ptacc = _PagingAccessor(self)
         self._stlbs: dict = {}                    # software TLB per translation context (linear.py)
         self._stlb: dict = {}
+        self._ud_memo: dict = {}                  # RIP -> a decoded #UD-class instruction (runloop)
         self._fills_since_flush = 0
         self._grow_at = 1024
         self._grow_tlb = False
