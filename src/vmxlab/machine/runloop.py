@@ -663,22 +663,43 @@ class RunControl:
         """The client's fast path for a #UD-class instruction it intercepts, inside the
         hook as _client_inline, without building the Event: `fast_client(rip, insn,
         kind, hflags)` (QEMU's hflags: CPL, CS.L/D; `gprs.values` hold the registers)
-        does the instruction and returns True, or does nothing and returns False (then
-        the client gets the event).  A fast client changes registers and its own state
+        does the instruction, or does nothing and returns False (then the client gets
+        the event).  Done, it returns True when it changed registers and its own state
         only (nothing for the boundary: no memory writes, events, deadlines, timers or
-        activity changes), so it is taken only when nothing waits for the boundary.
-        (The virtual TSC is not paused for it: the instruction costs time as any other.)"""
+        activity changes); Action.DONE when it may have left something for the boundary
+        (checked as after an inline client); or a Stop to end the run with (as an inline
+        client's STOP).  It is taken only when nothing waits for the boundary.  (The
+        virtual TSC is not paused for it: the instruction costs time as any other,
+        unless the fast client pauses it.)"""
         if (self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending or self._window_irq
                 or self._window_nmi or self._tsc_deadline is not None or self.activity != EV.ACTIVITY_ACTIVE):
             return False
         gprs = self.gprs
         pc_writes = gprs.pc_writes
+        shadow_writes = self.shadow_writes
+        timer = self.timer.deadline
         self._in_client = True
         try:
-            if not self.fast_client(rip, insn, kind, hflags):
-                return False
+            done = self.fast_client(rip, insn, kind, hflags)
         finally:
             self._in_client = False
+        if not done:
+            return False
+        if done is not True:
+            if done is _DONE:
+                if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
+                        or self._window_irq or self._window_nmi or self._tsc_deadline is not None
+                        or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
+                    if self.shadow_writes == shadow_writes:
+                        self._end_shadow()
+                    self._hook_stop = True
+                    self.engine.stop()
+            else:                           # a Stop
+                self._hook_stop = True
+                self.engine.stop()
+                self._resume_native = rip
+                self._pending.append(("stop", done))
+                return True
         if gprs.pc_writes == pc_writes:   # end the block: what the client changed applies from here
             gprs.read()
             gprs.write_pc()

@@ -91,6 +91,7 @@ _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUE
 _UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
 # (Enum members on the exit path: module constants, see machine._K_CPUID)
 _DONE, _STOP = Action.DONE, Action.STOP
+_K_VMRESUME = Kind.VMRESUME
 # the exit-information fields every VM exit writes, in _exit's order
 _EXIT_INFO_FIELDS = (F.VM_EXIT_REASON, F.EXIT_QUALIFICATION, F.VM_EXIT_INSTRUCTION_LEN, F.VMX_INSTRUCTION_INFO,
                      F.VM_EXIT_INTR_INFO, F.VM_EXIT_INTR_ERROR_CODE, F.IDT_VECTORING_INFO_FIELD,
@@ -548,6 +549,8 @@ class VmxCpu:
         hook; `g` None: the machine's gprs.values are current) and _root's fast path.
         `hf`: QEMU's hflags.  False (nothing done) for anything else: the general
         path decides."""
+        if kind is _K_VMRESUME:
+            return self._fast_resume(rip, insn, hf)
         plan = self._vmrw_plans.get(rip)
         if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
             if kind is not Kind.VMREAD and kind is not Kind.VMWRITE:
@@ -583,6 +586,34 @@ class VmxCpu:
         g[REG.RIP] = (rip + insn.len) & 0xFFFFFFFFFFFFFFFF
         m.gprs.write()
         return True
+
+    def _fast_resume(self, rip: int, insn, hf: int):
+        """VMRESUME from machine code in VMX root operation (Machine.fast_client): what
+        _client and _root do for it, without building the Event.  Returns False (the
+        general path decides: #UD, #GP, a lazy exit), Action.DONE (the entry leaves
+        requests for the boundary: windows, MTF, deadlines, injected events), or the
+        Stop a stop request made during it ends the run with.  (Its #UD and #GP
+        conditions cannot hold in 64-bit mode at CPL 0: _enter_from checks them.)"""
+        vmx = self.vmx
+        if self._lazy is not None or self._stop_request is not None or vmx.non_root or not vmx.in_vmx \
+                or not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:
+            return False
+        tsc = self.m.tsc
+        tsc.pause()                                      # (as for an inline client)
+        try:
+            ctx = self.context()
+            try:
+                self._enter_from(ctx, launch=False, python=False, insn_length=insn.len)
+            except PG.PageFault as pf:
+                self._operand_fault(pf, Event(Kind.VMRESUME, rip, insn.len, insn))
+            except NonexistentMemory as e:
+                self.stop(f"{insn} at {rip:#x}: {e}")
+        finally:
+            tsc.resume()
+        if self._stop_request is not None:
+            self._take_stop_request()
+            return Stop(StopReason.EVENT, rip, Event(Kind.VMRESUME, rip, insn.len, insn, detail="vmx-stop"))
+        return _DONE
 
     def _vmrw_plan(self, rip: int, insn, kind: Kind):
         """(insn, reading, operand 0 GPR index, operand 1 GPR index) of a VMREAD/VMWRITE

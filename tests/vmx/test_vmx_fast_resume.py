@@ -1,0 +1,100 @@
+"""VMRESUME from machine-code host code takes the client's fast path from the #UD
+hook (VmxCpu._fast_resume): what the entry leaves for the instruction boundary (an
+interrupt window that is open at once) and a stop requested during it (an observer
+of the VM-entry failure it ends in) are honoured as on the general path."""
+import struct
+
+from vmxlab.arch import controls as C
+from vmxlab.arch import fields as F
+from vmxlab.guests.asm import asm
+from vmxlab.machine import Kind, StopReason
+from vmxlab.vmx.cpu import VmxCpu
+from vmxlab.vmx.setup import fields_from_state
+
+from bench.vmx import _flat_machine
+
+GUEST, HOST, VMXON, VMCS, OUT = 0x70000, 0x48000, 0x100000, 0x101000, 0x90000
+
+GUEST_CODE = """
+    vmcall
+after: inc r9
+    inc r9
+    hlt
+"""
+# on the VMCALL exit: advance GUEST_RIP, write the field given in r12 with r13, VMRESUME;
+# on any other exit: record the exit reason, GUEST_RIP and the guest's R9, HLT
+HOST_CODE = """
+    mov rbx, 0x4402
+    vmread rax, rbx
+    cmp eax, 18
+    jne other
+    mov rbx, 0x681e
+    vmread rax, rbx
+    mov rbx, 0x440c
+    vmread rcx, rbx
+    add rax, rcx
+    mov rbx, 0x681e
+    vmwrite rbx, rax
+    vmwrite r12, r13
+    vmresume
+    hlt
+other:
+    mov qword ptr [rsp], rax
+    mov rbx, 0x681e
+    vmread rax, rbx
+    mov qword ptr [rsp + 8], rax
+    mov qword ptr [rsp + 16], r9
+    hlt
+"""
+
+
+def _start(field: int, value: int, fast: bool = True):
+    m = _flat_machine()
+    for page in (VMXON, VMCS):
+        m.load(page, struct.pack("<I", m.profile.revision_id))
+    guest = asm(GUEST_CODE, GUEST)
+    m.load(GUEST, guest.code)
+    m.load(HOST, asm(HOST_CODE, HOST).code)
+    m.load(OUT, bytes(24))
+    cpu = VmxCpu(m)
+    if not fast:
+        m.fast_client = None
+    cpu.vmxon(VMXON)
+    cpu.vmclear(VMCS)
+    cpu.vmptrld(VMCS)
+    values = fields_from_state(m.get_state(), m.profile, host_rip=HOST, host_rsp=OUT)
+    values.update({F.GUEST_RIP: GUEST, F.GUEST_RSP: 0x7F000, F.GUEST_RFLAGS: 0x202})
+    for enc, v in values.items():
+        cpu.vmwrite(enc, v)
+    if callable(value):
+        value = value(values)
+    for name, v in (("R9", 0), ("R12", field), ("R13", value)):
+        cpu.set_gpr(name, v)
+    cpu.vmlaunch()
+    return cpu, m, guest
+
+
+def test_an_interrupt_window_open_at_the_entry_exits_before_the_first_guest_instruction():
+    for fast in (True, False):
+        taken = []
+        cpu, m, guest = _start(F.CPU_BASED_VM_EXEC_CONTROL,
+                               lambda v: v[F.CPU_BASED_VM_EXEC_CONTROL] | C.CPU_BASED_INTR_WINDOW_EXITING, fast)
+        if fast:
+            m.fast_client = (lambda f: (lambda *a: taken.append(a[2]) or f(*a)))(m.fast_client)
+        assert cpu.run(time_budget=10).reason == StopReason.HALTED
+        assert m.mem.read64(OUT) == 7                       # interrupt window
+        assert m.mem.read64(OUT + 8) == guest.labels["after"]
+        assert m.mem.read64(OUT + 16) == 0                  # no guest instruction ran
+        assert (Kind.VMRESUME in taken) == fast
+
+
+def test_a_stop_requested_during_the_entry_ends_the_run_there():
+    for fast in (True, False):
+        cpu, m, _guest = _start(F.GUEST_ACTIVITY_STATE, 7, fast)     # not an activity state: exit 33
+        seen = []
+        cpu.observers.append(lambda c, e: e.reason >> 31 and (seen.append(e.reason), c.stop("entry failed")))
+        stop = cpu.run(time_budget=10)
+        assert seen == [0x80000000 | 33]
+        assert stop.reason == StopReason.EVENT and stop.detail == "entry failed"
+        assert stop.rip == m.rip == HOST                   # host state loaded, no host code run yet
+        assert m.mem.read64(OUT) == 0
