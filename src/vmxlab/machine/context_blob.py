@@ -108,6 +108,8 @@ class BlobLayout:
 
 _U32 = struct.Struct("<I").unpack_from
 _CR034 = struct.Struct("<Q16xQQ").unpack_from      # cr[0], cr[3], cr[4] of cr[5]
+_U64 = struct.Struct("<Q").unpack_from
+_FLAGS = struct.Struct("<II")                      # hflags, hflags2 (adjacent)
 
 
 class ContextBlob:
@@ -122,6 +124,8 @@ class ContextBlob:
         self.mv = memoryview((ctypes.c_char * size).from_address(self.ctx.value)).cast("B")
         self._seg = struct.Struct("<I4xQII")
         self._segs = struct.Struct("<" + "I4xQII" * 10)
+        # (offsets as plain attributes: the state transfers read these on every VM exit and entry)
+        self._hf_at, self._efer_at, self._xcr0_at = lay.hflags, lay.efer, lay.xcr0
 
     def load(self) -> "ContextBlob":
         self.engine.context_save(self.ctx)
@@ -152,7 +156,14 @@ class ContextBlob:
     # -- named fields ----------------------------------------------------------------
     @property
     def hflags(self) -> int:
-        return _U32(self.mv, self.layout.hflags)[0]       # (read on every hot path)
+        return _U32(self.mv, self._hf_at)[0]              # (read on every hot path)
+
+    def flags(self) -> tuple[int, int]:
+        """(hflags, hflags2) with one read."""
+        return _FLAGS.unpack_from(self.mv, self._hf_at)
+
+    def set_flags(self, hflags: int, hflags2: int) -> None:
+        _FLAGS.pack_into(self.mv, self._hf_at, hflags & 0xFFFFFFFF, hflags2 & 0xFFFFFFFF)
 
     def paging_regs(self) -> tuple[int, int, int]:
         """(CR0, CR3, CR4): QEMU's env->cr[], which uc_reg_read returns for them."""
@@ -209,7 +220,7 @@ class ContextBlob:
 
     @property
     def efer(self) -> int:
-        return self.u64(self.layout.efer)
+        return _U64(self.mv, self._efer_at)[0]
 
     def set_efer(self, value: int) -> None:
         """IA32_EFER exactly (QEMU's WRMSR keeps LMA, which only CR0.PG changes)
@@ -222,9 +233,9 @@ class ContextBlob:
 
     @property
     def xcr0(self) -> int:
-        if self.layout.xcr0 is None:
+        if self._xcr0_at is None:
             raise UnsupportedUnicorn("XCR0 was not located in this unicorn build's context")
-        return self.u64(self.layout.xcr0)
+        return _U64(self.mv, self._xcr0_at)[0]
 
     @xcr0.setter
     def xcr0(self, value: int) -> None:
