@@ -98,3 +98,17 @@ def test_a_stop_requested_during_the_entry_ends_the_run_there():
         assert stop.reason == StopReason.EVENT and stop.detail == "entry failed"
         assert stop.rip == m.rip == HOST                   # host state loaded, no host code run yet
         assert m.mem.read64(OUT) == 0
+
+
+def test_requests_armed_in_root_operation_do_not_survive_an_entry_whose_controls_ask_for_none():
+    """VM entry re-arms windows, MTF and the deadline from the controls (_rearm); it
+    skips that work only when no control asks and nothing is armed."""
+    from vhelpers import Bench
+    for arm in (lambda m: m.request_interrupt_window(True), lambda m: m.request_nmi_window(True),
+                lambda m: m.request_mtf(True), lambda m: m.set_tsc_deadline(0)):
+        b = Bench()
+        launch = b.cpu.vmlaunch
+        b.cpu.vmlaunch = lambda: (arm(b.m), launch())    # armed in VMX root operation, then VMLAUNCH
+        cpu = b.start("sti\ncpuid\nhlt", host=b.record_and_resume())
+        assert cpu.run(time_budget=5).reason == StopReason.HALTED, arm
+        assert [e.basic for e in b.exits] == [10]

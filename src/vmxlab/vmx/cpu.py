@@ -840,7 +840,11 @@ class VmxCpu:
         self._vpid, self._lazy_ok, self._rearm_needed, kinds, bitmap, apic, ept, pml, cr0_fixed, cr4_fixed = plan
         self._hctx = None
         m.intercept(*kinds, exceptions=bitmap)
-        self._rearm(v)
+        if self._rearm_needed or m._window_irq or m._window_nmi or m._mtf is not None or m._mtf_hook \
+                or m._tsc_deadline is not None:
+            self._rearm(v)
+        else:
+            self._ple_last = None                 # (all _rearm does when no control asks and nothing is armed)
         self._apic_page = apic
         self._ept = ept
         if ept is not None:
