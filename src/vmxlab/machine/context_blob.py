@@ -109,6 +109,8 @@ class BlobLayout:
 _U32 = struct.Struct("<I").unpack_from
 _CR034 = struct.Struct("<Q16xQQ").unpack_from      # cr[0], cr[3], cr[4] of cr[5]
 _U64 = struct.Struct("<Q").unpack_from
+_SET_U64 = struct.Struct("<Q").pack_into
+_I32 = struct.Struct("<i")
 _FLAGS = struct.Struct("<II")                      # hflags, hflags2 (adjacent)
 
 
@@ -126,6 +128,7 @@ class ContextBlob:
         self._segs = struct.Struct("<" + "I4xQII" * 10)
         # (offsets as plain attributes: the state transfers read these on every VM exit and entry)
         self._hf_at, self._efer_at, self._xcr0_at = lay.hflags, lay.efer, lay.xcr0
+        self._old_exc_at = lay.old_exception
 
     def load(self) -> "ContextBlob":
         self.engine.context_save(self.ctx)
@@ -211,12 +214,12 @@ class ContextBlob:
 
     @property
     def old_exception(self) -> int:
-        return self.i32(self.layout.old_exception)
+        return _I32.unpack_from(self.mv, self._old_exc_at)[0]
 
     def clear_exception_in_flight(self) -> None:
         """QEMU's check_exception() escalates a second #PF/contributory fault to
         #DF while old_exception != -1; unicorn never resets it."""
-        self.set_i32(self.layout.old_exception, -1)
+        _I32.pack_into(self.mv, self._old_exc_at, -1)
 
     @property
     def efer(self) -> int:
@@ -239,9 +242,9 @@ class ContextBlob:
 
     @xcr0.setter
     def xcr0(self, value: int) -> None:
-        if self.layout.xcr0 is None:
+        if self._xcr0_at is None:
             raise UnsupportedUnicorn("XCR0 was not located in this unicorn build's context")
-        self.set_u64(self.layout.xcr0, value)
+        _SET_U64(self.mv, self._xcr0_at, value & 0xFFFFFFFFFFFFFFFF)
 
     def recompute_segment_hflags(self, cr0: int, rflags: int) -> None:
         """hflags bits QEMU derives when a segment cache is loaded
