@@ -112,3 +112,31 @@ def test_requests_armed_in_root_operation_do_not_survive_an_entry_whose_controls
         cpu = b.start("sti\ncpuid\nhlt", host=b.record_and_resume())
         assert cpu.run(time_budget=5).reason == StopReason.HALTED, arm
         assert [e.basic for e in b.exits] == [10]
+
+
+MOV_SS_HOST = """
+    mov rbx, 0x681e
+    vmread rax, rbx
+    mov rbx, 0x440c
+    vmread rcx, rbx
+    add rax, rcx
+    mov rbx, 0x681e
+    vmwrite rbx, rax
+    mov ax, ss
+    mov ss, ax
+    vmresume               # blocked by MOV SS: VMfailValid(26)
+    setz byte ptr [rsp]
+    mov rbx, 0x4400
+    vmread rax, rbx
+    mov qword ptr [rsp + 8], rax
+    hlt
+"""
+
+
+def test_vmresume_right_after_mov_ss_fails_with_error_26():
+    for fast in (True, False):
+        cpu, m, _guest = _start(F.GUEST_RIP, 0, fast)
+        m.load(HOST, asm(MOV_SS_HOST, HOST).code)
+        assert cpu.run(time_budget=10).reason == StopReason.HALTED
+        assert m.mem.read(OUT, 1) == b"\x01" and m.mem.read64(OUT + 8) == 26
+        assert cpu.exit_count == 1
