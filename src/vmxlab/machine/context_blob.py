@@ -107,6 +107,11 @@ class BlobLayout:
 
 
 _U32 = struct.Struct("<I").unpack_from
+_CR034 = struct.Struct("<Q16xQQ").unpack_from      # cr[0], cr[3], cr[4] of cr[5]
+_U64 = struct.Struct("<Q").unpack_from
+_SET_U64 = struct.Struct("<Q").pack_into
+_I32 = struct.Struct("<i")
+_FLAGS = struct.Struct("<II")                      # hflags, hflags2 (adjacent)
 
 
 class ContextBlob:
@@ -121,6 +126,9 @@ class ContextBlob:
         self.mv = memoryview((ctypes.c_char * size).from_address(self.ctx.value)).cast("B")
         self._seg = struct.Struct("<I4xQII")
         self._segs = struct.Struct("<" + "I4xQII" * 10)
+        # (offsets as plain attributes: the state transfers read these on every VM exit and entry)
+        self._hf_at, self._efer_at, self._xcr0_at = lay.hflags, lay.efer, lay.xcr0
+        self._old_exc_at = lay.old_exception
 
     def load(self) -> "ContextBlob":
         self.engine.context_save(self.ctx)
@@ -151,7 +159,18 @@ class ContextBlob:
     # -- named fields ----------------------------------------------------------------
     @property
     def hflags(self) -> int:
-        return _U32(self.mv, self.layout.hflags)[0]       # (read on every hot path)
+        return _U32(self.mv, self._hf_at)[0]              # (read on every hot path)
+
+    def flags(self) -> tuple[int, int]:
+        """(hflags, hflags2) with one read."""
+        return _FLAGS.unpack_from(self.mv, self._hf_at)
+
+    def set_flags(self, hflags: int, hflags2: int) -> None:
+        _FLAGS.pack_into(self.mv, self._hf_at, hflags & 0xFFFFFFFF, hflags2 & 0xFFFFFFFF)
+
+    def paging_regs(self) -> tuple[int, int, int]:
+        """(CR0, CR3, CR4): QEMU's env->cr[], which uc_reg_read returns for them."""
+        return _CR034(self.mv, self.layout.cr)
 
     @hflags.setter
     def hflags(self, value: int) -> None:
@@ -195,16 +214,16 @@ class ContextBlob:
 
     @property
     def old_exception(self) -> int:
-        return self.i32(self.layout.old_exception)
+        return _I32.unpack_from(self.mv, self._old_exc_at)[0]
 
     def clear_exception_in_flight(self) -> None:
         """QEMU's check_exception() escalates a second #PF/contributory fault to
         #DF while old_exception != -1; unicorn never resets it."""
-        self.set_i32(self.layout.old_exception, -1)
+        _I32.pack_into(self.mv, self._old_exc_at, -1)
 
     @property
     def efer(self) -> int:
-        return self.u64(self.layout.efer)
+        return _U64(self.mv, self._efer_at)[0]
 
     def set_efer(self, value: int) -> None:
         """IA32_EFER exactly (QEMU's WRMSR keeps LMA, which only CR0.PG changes)
@@ -217,15 +236,15 @@ class ContextBlob:
 
     @property
     def xcr0(self) -> int:
-        if self.layout.xcr0 is None:
+        if self._xcr0_at is None:
             raise UnsupportedUnicorn("XCR0 was not located in this unicorn build's context")
-        return self.u64(self.layout.xcr0)
+        return _U64(self.mv, self._xcr0_at)[0]
 
     @xcr0.setter
     def xcr0(self, value: int) -> None:
-        if self.layout.xcr0 is None:
+        if self._xcr0_at is None:
             raise UnsupportedUnicorn("XCR0 was not located in this unicorn build's context")
-        self.set_u64(self.layout.xcr0, value)
+        _SET_U64(self.mv, self._xcr0_at, value & 0xFFFFFFFFFFFFFFFF)
 
     def recompute_segment_hflags(self, cr0: int, rflags: int) -> None:
         """hflags bits QEMU derives when a segment cache is loaded

@@ -56,6 +56,12 @@ _CTRL_KEYS = ("GUEST_CR0", "CR2", "GUEST_CR3", "GUEST_CR4", "DR0", "DR1", "DR2",
 # CR2, DR0-3, DR6, DR7 of a snapshot and of the control-register batch
 _DEBUG_GET = operator.itemgetter("CR2", "DR0", "DR1", "DR2", "DR3", "DR6", "GUEST_DR7")
 _PAGING_GET = operator.itemgetter(REG.CR0, REG.CR3, REG.CR4)
+_PAGING_KEYS = operator.itemgetter("GUEST_CR0", "GUEST_CR3", "GUEST_CR4")
+_RFLAGS, _NGPRS = REG.RFLAGS, len(_GPR_KEYS)
+_RFLAGS_VM, _EFER_LMA = AR.RFLAGS_VM, M.EFER_LMA
+_HF_LMA, _HF_INHIBIT_IRQ, _HF2_NMI = CB.HF_LMA, CB.HF_INHIBIT_IRQ, CB.HF2_NMI
+_BLOCKING_STI_MOV_SS = EV.INTERRUPTIBILITY_STI | EV.INTERRUPTIBILITY_MOV_SS
+_BLOCKING_NMI = EV.INTERRUPTIBILITY_NMI
 _CTRL_DEBUG_GET = operator.itemgetter(REG.CR2, REG.DR0, REG.DR1, REG.DR2, REG.DR3, REG.DR6, REG.DR7)
 # the cache items recompute_segment_hflags reads: ES base, CS flags, SS base and flags, DS base
 _HFLAGS_INPUT = operator.itemgetter(4 * CB.ES + 1, 4 * CB.CS + 3, 4 * CB.SS + 1, 4 * CB.SS + 3, 4 * CB.DS + 1)
@@ -111,6 +117,19 @@ def _memo(memo: dict, key, make):
         if len(memo) > 64:
             memo.clear()
         value = memo[key] = make()
+    return value
+
+
+_DEBUG_MEMO: dict[tuple, tuple] = {}
+
+
+def _debug_values(raw: tuple[int, ...]) -> tuple[int, ...]:
+    """CR2, DR0-3, DR6, DR7 of a snapshot as the registers hold them (DR6/DR7 fixed bits)."""
+    value = _DEBUG_MEMO.get(raw)
+    if value is None:
+        if len(_DEBUG_MEMO) > 64:
+            _DEBUG_MEMO.clear()
+        value = _DEBUG_MEMO[raw] = (*raw[:5], raw[5] | 0xFFFF0FF0, (raw[6] | 0x400) & ~0xD000)
     return value
 
 
@@ -216,17 +235,20 @@ class StateAccess:
         # and some have side effects (a CR3 write flushes QEMU's TLB).
         # `fresh`: the register batches hold the live values (read since anything was
         # written or run), as a get_state() just before leaves them.
-        fresh = fresh and not self._stepping
-        self._end_stepping()
+        if self._stepping:
+            fresh = False
+            self._end_stepping()
         io = self._state_io()
         c = self.ctrl.values if fresh else self.ctrl.read()
         efer = s["GUEST_IA32_EFER"]
-        cr0, cr3, cr4 = s["GUEST_CR0"], s["GUEST_CR3"], s["GUEST_CR4"]
+        paging = _PAGING_KEYS(s)                 # (CR0, CR3, CR4)
+        cr0 = paging[0]
         # unicorn's TLB has no address-space tags: drop it when the translation context
         # (CR0, CR3, CR4, EFER) changes, not on every load (VM exit and entry between a
         # host and guest that share their paging keep it)
-        paging_changed = _PAGING_GET(c) != (cr0, cr3, cr4) or self._efer != efer
+        paging_changed = _PAGING_GET(c) != paging or self._efer != efer
         if paging_changed:
+            cr0, cr3, cr4 = paging
             if c[REG.CR4] != cr4:
                 io.write_reg(REG.X.UC_X86_REG_CR4, cr4)
             if c[REG.CR3] != cr3:
@@ -235,17 +257,15 @@ class StateAccess:
                 io.write_reg(REG.X.UC_X86_REG_CR0, cr0)
             c = self.ctrl.read()
         self._efer = efer                  # written exactly into the blob below
-        debug = _DEBUG_GET(s)
-        debug = (*debug[:5], debug[5] | 0xFFFF0FF0, (debug[6] | 0x400) & ~0xD000)
+        debug = _debug_values(_DEBUG_GET(s))
         if paging_changed or _CTRL_DEBUG_GET(c) != debug:
             c[REG.CR2], c[REG.DR0], c[REG.DR1], c[REG.DR2], c[REG.DR3], c[REG.DR6], c[REG.DR7] = debug
             self.ctrl.write()
         g = self.gprs.values if fresh else self.gprs.read()
-        g_vm = g[REG.RFLAGS]
-        old_tb_rflags = g_vm & _TB_RFLAGS
+        g_vm = g[_RFLAGS]
         new = list(_GPR_GET(s))
-        rflags = new[REG.RFLAGS] = new[REG.RFLAGS] | 2
-        g[:len(_GPR_KEYS)] = new
+        rflags = new[_RFLAGS] = new[_RFLAGS] | 2
+        g[:_NGPRS] = new
         self.gprs.write()
         if io.uc_get is not None:
             msrs = io.uc_get(s)
@@ -254,38 +274,41 @@ class StateAccess:
         if io.py_msrs:
             values = self.msrs.values
             values.update(zip(io.py_indices, io.py_get(s)))
-            if M.IA32_TSC_AUX in io.py_indices:
+            if io.tsc_aux:
                 values[M.IA32_TSC_AUX] &= 0xFFFFFFFF
         blob = self.blob.load()          # (after the writes above: storing it restores every register)
-        old_hflags = blob.hflags
-        old_hflags2 = blob.hflags2
+        old_hflags, old_hflags2 = blob.flags()
         caches = _caches_of(s)
         live = blob.caches()
         segments_changed = live != caches
         if segments_changed:
             blob.set_caches(caches)
+        blob_efer = blob.efer
         # the hflags QEMU derives from segments (CS and SS flags, ES/SS/DS bases), CR0,
         # RFLAGS.VM and EFER.LMA: recomputed when one of them changes (QEMU keeps them
         # current itself otherwise)
-        if (segments_changed and _HFLAGS_INPUT(live) != _HFLAGS_INPUT(caches)) or paging_changed or (g_vm ^ rflags) & AR.RFLAGS_VM or blob.efer != efer \
-                or (old_hflags & CB.HF_LMA) != (CB.HF_LMA if efer & M.EFER_LMA else 0):
+        if paging_changed or (g_vm ^ rflags) & _RFLAGS_VM or blob_efer != efer \
+                or (old_hflags & _HF_LMA) != (_HF_LMA if efer & _EFER_LMA else 0) \
+                or (segments_changed and _HFLAGS_INPUT(live) != _HFLAGS_INPUT(caches)):
             blob.set_efer(efer)
+            blob_efer = efer
             blob.recompute_segment_hflags(cr0, rflags)
+            hf = blob.hflags & ~_HF_INHIBIT_IRQ
+        else:
+            hf = old_hflags & ~_HF_INHIBIT_IRQ
         intr = s["GUEST_INTERRUPTIBILITY_INFO"]
         self.shadow_writes += 1
-        hf = blob.hflags & ~CB.HF_INHIBIT_IRQ
-        if intr & (EV.INTERRUPTIBILITY_STI | EV.INTERRUPTIBILITY_MOV_SS):
-            hf |= CB.HF_INHIBIT_IRQ
-        hf2 = old_hflags2 & ~CB.HF2_NMI
-        if intr & EV.INTERRUPTIBILITY_NMI:
-            hf2 |= CB.HF2_NMI
+        if intr & _BLOCKING_STI_MOV_SS:
+            hf |= _HF_INHIBIT_IRQ
+        hf2 = old_hflags2 & ~_HF2_NMI
+        if intr & _BLOCKING_NMI:
+            hf2 |= _HF2_NMI
         xcr0 = s["XCR0"]
         # the blob is stored back only when something in it changes (QEMU clears no
         # exception-in-flight marker itself: the interrupt hook and event delivery do)
         if segments_changed or hf != old_hflags or hf2 != old_hflags2 or blob.xcr0 != xcr0 \
-                or blob.efer != efer or blob.old_exception != -1:
-            blob.hflags = hf
-            blob.hflags2 = hf2
+                or blob_efer != efer or blob.old_exception != -1:
+            blob.set_flags(hf, hf2)
             blob.xcr0 = xcr0
             blob.clear_exception_in_flight()
             blob.store()
@@ -295,7 +318,7 @@ class StateAccess:
         # a mode change (hflags: CPL, CS.L/D, ...; the RFLAGS bits QEMU keys translated
         # code with) drops unicorn's TLB too, which also empties QEMU's jump cache:
         # translated code of the old mode must not be reused (a test switches CS.L)
-        self._state_changed(paging_changed or hf != old_hflags or rflags & _TB_RFLAGS != old_tb_rflags)
+        self._state_changed(paging_changed or hf != old_hflags or (rflags ^ g_vm) & _TB_RFLAGS)
 
     # -- pieces used by other parts of the machine ------------------------------------------
     def cpl(self) -> int:
@@ -331,6 +354,7 @@ class _StateIO:
         self.py_zeros = [0] * len(self.py_msrs)
         self.absent_items = tuple((k, 0) for k in self.absent)
         self.py_get = _getter([k for k, _ in self.py_msrs])
+        self.tsc_aux = M.IA32_TSC_AUX in self.py_indices
         self.uc_keys = [k for k, _ in uc]
         # their values in a snapshot, as a tuple (None: no unicorn MSR)
         self.uc_get = _getter(self.uc_keys) if uc else None

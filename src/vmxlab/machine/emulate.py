@@ -65,10 +65,7 @@ def cpuid(m, insn, rip: int) -> None:
     cr4 = m.ctrl.read()[REG.CR4] if leaf in (1, 0xD) else 0
     xcr0 = m.blob.load().xcr0 if leaf == 0xD else 1
     a, b, c, d = m.cpuid.query(leaf, sub, cr4, xcr0)
-    _set32(g, REG.RAX, a)
-    _set32(g, REG.RBX, b)
-    _set32(g, REG.RCX, c)
-    _set32(g, REG.RDX, d)
+    g[REG.RAX], g[REG.RBX], g[REG.RCX], g[REG.RDX] = a & 0xFFFFFFFF, b & 0xFFFFFFFF, c & 0xFFFFFFFF, d & 0xFFFFFFFF
     _finish(m, g, rip, insn)
 
 

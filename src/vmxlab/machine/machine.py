@@ -145,6 +145,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._ptacc = _PagingAccessor(self)
         self._stlbs: dict = {}                    # software TLB per translation context (linear.py)
         self._stlb: dict = {}
+        self._ud_memo: dict = {}                  # RIP -> a decoded #UD-class instruction (runloop)
         self._fills_since_flush = 0
         self._grow_at = 1024
         self._grow_tlb = False
@@ -636,7 +637,7 @@ class Machine(StateAccess, MemoryAccess, RunControl):
         self._resume_native = None
         self._bp_skip = None
         c = self.ctrl.values                      # read by set_state
-        if self._pae_paging(c[REG.CR0], c[REG.CR4], self._efer):
+        if c[REG.CR0] & AR.CR0_PG and c[REG.CR4] & AR.CR4_PAE and not self._efer & M.EFER_LMA:   # (_pae_paging)
             try:
                 self.pdptes = PG.read_pdptes(self._ptacc, c[REG.CR3], self.profile.maxphyaddr)
             except (PG.PdpteFault, NonexistentMemory, SecondStageRefusal):

@@ -40,6 +40,8 @@ UNICORN_BACKED = frozenset({
     M.IA32_GS_BASE, M.IA32_KERNEL_GS_BASE, M.IA32_SYSENTER_CS, M.IA32_SYSENTER_ESP,
     M.IA32_SYSENTER_EIP,
 })
+# the MSRs whose values are not in MsrFile.values
+_NOT_HELD = UNICORN_BACKED | {M.IA32_TIME_STAMP_COUNTER, M.IA32_TSC_ADJUST}
 
 
 class MsrFile:
@@ -69,6 +71,8 @@ class MsrFile:
 
     def peek(self, index: int) -> int:
         """The current value without the access checks (for state snapshots)."""
+        if index not in _NOT_HELD:                 # (most are held here: one test for them)
+            return self.values.get(index, 0)
         if index == M.IA32_TIME_STAMP_COUNTER:
             return self.tsc.read()
         if index == M.IA32_TSC_ADJUST:

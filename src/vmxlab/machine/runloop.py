@@ -55,6 +55,7 @@ from .intercepts import Action, Event, Kind, kind_of
 from .linear import FillFault, SecondStageRefusal, _NonCanonical, fault_of_fill
 from .memory import NonexistentMemory
 from .paging import PF_W, PageFault
+from .paging import FETCH as PG_FETCH
 from .paging import READ as PG_READ
 from .paging import WRITE as PG_WRITE
 
@@ -91,6 +92,7 @@ class MachineError(RuntimeError):
 _SOFT_INT_TYPES = (EV.INTR_TYPE_SOFT_INTR, EV.INTR_TYPE_SOFT_EXCEPTION, EV.INTR_TYPE_PRIV_SW_EXCEPTION)
 # (Enum members read on every intercept: module constants, see machine._K_CPUID)
 _DONE, _STOP = Action.DONE, Action.STOP
+_HF_CS = CB.HF_CS64 | CB.HF_CS32   # the hflags bits that select the decoding mode
 _FROM_MTF = 1                 # _on_code's user-data argument when _on_mtf_code calls it
 
 
@@ -587,15 +589,27 @@ class RunControl:
         if self._stepping:
             self._end_stepping()
             g = self.gprs.read()
-        hf = self.blob.load().hflags
-        insn = self.decode_at(rip, 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16))
-        if insn.code == _I.Code.INVALID or not insn.len:
-            self._exception(EventInfo(EV.UD, EV.INTR_TYPE_HARD_EXCEPTION), rip, True)
-            return True
-        if insn.mnemonic == _INT1:
-            self._exception_int1(rip)
-            return True
-        kind = kind_of(insn)
+        blob = self.blob.load()
+        hf = blob.hflags
+        memo = self._ud_memo.get(rip)
+        # the instruction decode_at would give, without its paging-context and TLB
+        # lookups: the same code bytes, through the same software-TLB entry (a TLB
+        # dictionary only gains entries; a flush or context switch replaces it), of
+        # the live paging registers (read from the blob just loaded), in the same mode
+        if memo is not None and memo[0] == hf & _HF_CS and memo[1] is self._stlb \
+                and (*blob.paging_regs(), self._efer, self.pdptes, self._s2_tag) == self._ctx_key \
+                and self.mem.view[memo[2]:memo[3]] == memo[4]:
+            insn, kind = memo[5], memo[6]
+        else:
+            insn = self.decode_at(rip, 64 if hf & CB.HF_CS64 else (32 if hf & CB.HF_CS32 else 16))
+            if insn.code == _I.Code.INVALID or not insn.len:
+                self._exception(EventInfo(EV.UD, EV.INTR_TYPE_HARD_EXCEPTION), rip, True)
+                return True
+            if insn.mnemonic == _INT1:
+                self._exception_int1(rip)
+                return True
+            kind = kind_of(insn)
+            self._remember_ud(rip, hf, insn, kind)
         if kind is not None and kind in self.subs.kinds and self.client is not None \
                 and self._resume_native != rip:
             if self.inline_clients and not (self._counting or self._pending):
@@ -629,26 +643,63 @@ class RunControl:
             self.engine.stop()
         return True
 
+    def _remember_ud(self, rip: int, hf: int, insn, kind) -> None:
+        """Keep what _on_invalid decoded at `rip` for the next time (see there), when
+        decode_at read it through the software TLB's fetch entry of CPL < 3 (the one
+        _code_hpa looks up first); decode_at has just selected the live context's TLB."""
+        if (rip & 0xFFF) > 0x1000 - 15:
+            return
+        entry = self._stlb.get((rip >> 12, PG_FETCH, False, False, False))
+        if entry is None:
+            return
+        hpa = entry[1] | (rip & 0xFFF)
+        end = hpa + insn.len
+        memo = self._ud_memo
+        if len(memo) > 1024:
+            memo.clear()
+        memo[rip] = (hf & _HF_CS, self._stlb, hpa, end, bytes(self.mem.view[hpa:end]), insn, kind)
+
     def _fast_client(self, rip: int, insn, kind: Kind, hflags: int) -> bool:
         """The client's fast path for a #UD-class instruction it intercepts, inside the
         hook as _client_inline, without building the Event: `fast_client(rip, insn,
         kind, hflags)` (QEMU's hflags: CPL, CS.L/D; `gprs.values` hold the registers)
-        does the instruction and returns True, or does nothing and returns False (then
-        the client gets the event).  A fast client changes registers and its own state
+        does the instruction, or does nothing and returns False (then the client gets
+        the event).  Done, it returns True when it changed registers and its own state
         only (nothing for the boundary: no memory writes, events, deadlines, timers or
-        activity changes), so it is taken only when nothing waits for the boundary.
-        (The virtual TSC is not paused for it: the instruction costs time as any other.)"""
+        activity changes); Action.DONE when it may have left something for the boundary
+        (checked as after an inline client); or a Stop to end the run with (as an inline
+        client's STOP).  It is taken only when nothing waits for the boundary.  (The
+        virtual TSC is not paused for it: the instruction costs time as any other,
+        unless the fast client pauses it.)"""
         if (self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending or self._window_irq
                 or self._window_nmi or self._tsc_deadline is not None or self.activity != EV.ACTIVITY_ACTIVE):
             return False
         gprs = self.gprs
         pc_writes = gprs.pc_writes
+        shadow_writes = self.shadow_writes
+        timer = self.timer.deadline
         self._in_client = True
         try:
-            if not self.fast_client(rip, insn, kind, hflags):
-                return False
+            done = self.fast_client(rip, insn, kind, hflags)
         finally:
             self._in_client = False
+        if not done:
+            return False
+        if done is not True:
+            if done is _DONE:
+                if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
+                        or self._window_irq or self._window_nmi or self._tsc_deadline is not None
+                        or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
+                    if self.shadow_writes == shadow_writes:
+                        self._end_shadow()
+                    self._hook_stop = True
+                    self.engine.stop()
+            else:                           # a Stop
+                self._hook_stop = True
+                self.engine.stop()
+                self._resume_native = rip
+                self._pending.append(("stop", done))
+                return True
         if gprs.pc_writes == pc_writes:   # end the block: what the client changed applies from here
             gprs.read()
             gprs.write_pc()

@@ -91,6 +91,9 @@ _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUE
 _UNCONDITIONAL = {Kind.CPUID: X.CPUID, Kind.INVD: X.INVD, Kind.XSETBV: X.XSETBV, Kind.VMCALL: X.VMCALL}
 # (Enum members on the exit path: module constants, see machine._K_CPUID)
 _DONE, _STOP = Action.DONE, Action.STOP
+_K_VMRESUME = Kind.VMRESUME
+_RIP, _RFLAGS = REG.RIP, REG.RFLAGS
+_HF_CS64_CPL = CB.HF_CS64 | CB.HF_CPL_MASK
 # the exit-information fields every VM exit writes, in _exit's order
 _EXIT_INFO_FIELDS = (F.VM_EXIT_REASON, F.EXIT_QUALIFICATION, F.VM_EXIT_INSTRUCTION_LEN, F.VMX_INSTRUCTION_INFO,
                      F.VM_EXIT_INTR_INFO, F.VM_EXIT_INTR_ERROR_CODE, F.IDT_VECTORING_INFO_FIELD,
@@ -225,6 +228,7 @@ class VmxCpu:
         self._kept = (None, False)               # ((exit, entry controls), _round_trip_keeps of them)
         self._vmrw_plans: dict[int, tuple] = {}   # RIP -> VMREAD/VMWRITE operand plan (_vmrw_fast)
         self._subscriptions: dict[tuple, tuple] = {}   # _nonroot_plan by its inputs
+        self._fast_contexts: dict[tuple, Context] = {}  # _fast_resume's contexts by their inputs
         # switched MSRs every VM exit saves on this processor (arch.msr_switch)
         self._saved_msrs = T.saved_msrs(self.profile.allowed("VM_ENTRY_CONTROLS")[1],
                                         self.profile.allowed("VM_EXIT_CONTROLS")[1])
@@ -548,6 +552,8 @@ class VmxCpu:
         hook; `g` None: the machine's gprs.values are current) and _root's fast path.
         `hf`: QEMU's hflags.  False (nothing done) for anything else: the general
         path decides."""
+        if kind is _K_VMRESUME:
+            return self._fast_resume(rip, insn, hf)
         plan = self._vmrw_plans.get(rip)
         if plan is None or plan[0] is not insn:          # decode_at returns the same object for the same bytes
             if kind is not Kind.VMREAD and kind is not Kind.VMWRITE:
@@ -559,7 +565,7 @@ class VmxCpu:
         cur = vmx.vmcs.get(vmx.current)                  # (current_vmcs: INVALID_POINTER is never a key)
         if cur is None or not vmx.in_vmx:
             return False
-        if not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:   # #UD outside 64-bit mode, #GP at CPL > 0
+        if hf & _HF_CS64_CPL != CB.HF_CS64:              # #UD outside 64-bit mode, #GP at CPL > 0
             return False
         _insn, reading, a, b = plan
         if g is None:
@@ -579,10 +585,51 @@ class VmxCpu:
             cur.values[enc] = g[b] & mask
             if self._dirty is not None:
                 self._dirty.add(enc)
-        g[REG.RFLAGS] &= _NOT_STATUS                      # VMsucceed
-        g[REG.RIP] = (rip + insn.len) & 0xFFFFFFFFFFFFFFFF
+        g[_RFLAGS] &= _NOT_STATUS                         # VMsucceed
+        g[_RIP] = (rip + insn.len) & 0xFFFFFFFFFFFFFFFF
         m.gprs.write()
         return True
+
+    def _fast_resume(self, rip: int, insn, hf: int):
+        """VMRESUME from machine code in VMX root operation (Machine.fast_client): what
+        _client and _root do for it, without building the Event.  Returns False (the
+        general path decides: #UD, #GP, a lazy exit), Action.DONE (the entry leaves
+        requests for the boundary: windows, MTF, deadlines, injected events), or the
+        Stop a stop request made during it ends the run with.  (Its #UD and #GP
+        conditions cannot hold in 64-bit mode at CPL 0: _enter_from checks them.)"""
+        vmx = self.vmx
+        if self._lazy is not None or self._stop_request is not None or vmx.non_root or not vmx.in_vmx \
+                or not hf & CB.HF_CS64 or hf & CB.HF_CPL_MASK:
+            return False
+        m = self.m
+        tsc = m.tsc
+        tsc.pause()                                      # (as for an inline client)
+        try:
+            # context() without its blob load: in 64-bit mode (hflags CS64: EFER.LMA and
+            # CS.L, as QEMU derives it) at CPL 0; a frozen Context, kept by its inputs
+            c = m.ctrl.read()
+            rflags = m.gprs.values[_RFLAGS]
+            mov_ss = bool(hf & CB.HF_INHIBIT_IRQ) and not rflags & AR.RFLAGS_IF
+            key = (c[REG.CR0], c[REG.CR4], m._efer & 0x400, rflags & AR.RFLAGS_VM, m.msrs.peek(0x3A), mov_ss)
+            ctx = self._fast_contexts.get(key)
+            if ctx is None:
+                if len(self._fast_contexts) > 16:
+                    self._fast_contexts.clear()
+                ctx = self._fast_contexts[key] = Context(
+                    cpl=0, cr0=key[0], cr4=key[1], efer_lma=bool(key[2]), cs_l=True, v8086=bool(key[3]),
+                    feature_control=key[4], mov_ss_blocking=mov_ss)
+            try:
+                self._enter_from(ctx, launch=False, python=False, insn_length=insn.len)
+            except PG.PageFault as pf:
+                self._operand_fault(pf, Event(Kind.VMRESUME, rip, insn.len, insn))
+            except NonexistentMemory as e:
+                self.stop(f"{insn} at {rip:#x}: {e}")
+        finally:
+            tsc.resume()
+        if self._stop_request is not None:
+            self._take_stop_request()
+            return Stop(StopReason.EVENT, rip, Event(Kind.VMRESUME, rip, insn.len, insn, detail="vmx-stop"))
+        return _DONE
 
     def _vmrw_plan(self, rip: int, insn, kind: Kind):
         """(insn, reading, operand 0 GPR index, operand 1 GPR index) of a VMREAD/VMWRITE
@@ -809,7 +856,11 @@ class VmxCpu:
         self._vpid, self._lazy_ok, self._rearm_needed, kinds, bitmap, apic, ept, pml, cr0_fixed, cr4_fixed = plan
         self._hctx = None
         m.intercept(*kinds, exceptions=bitmap)
-        self._rearm(v)
+        if self._rearm_needed or m._window_irq or m._window_nmi or m._mtf is not None or m._mtf_hook \
+                or m._tsc_deadline is not None:
+            self._rearm(v)
+        else:
+            self._ple_last = None                 # (all _rearm does when no control asks and nothing is armed)
         self._apic_page = apic
         self._ept = ept
         if ept is not None:
