@@ -2,22 +2,13 @@
 only when nothing waits for an instruction boundary: with an interrupt pending the
 instructions go through the general path, which ends the run segment after each,
 so the interrupt arrives at the first open boundary."""
-from vhelpers import VMCS, VMXON, Bench
+from vhelpers import Bench, root_bench
 
 from vmxlab.machine import StopReason
 
 
-def _root_bench():
-    b = Bench()
-    b.cpu.vmxon(VMXON)
-    b.cpu.vmclear(VMCS)
-    b.cpu.vmptrld(VMCS)
-    b.cpu.vmwrite("GUEST_RIP", 0x1234)
-    return b
-
-
 def test_pending_interrupt_arrives_at_the_first_open_boundary_between_vmreads():
-    b = _root_bench()
+    b = root_bench()
     b.env.handler(0x40, "mov r8, [rsp]; iretq")
     a = b.env.code("""
         mov rbx, 0x681e
@@ -36,7 +27,7 @@ def test_pending_interrupt_arrives_at_the_first_open_boundary_between_vmreads():
 
 
 def test_vmread_and_vmwrite_take_the_fast_path_when_nothing_waits():
-    b = _root_bench()
+    b = root_bench()
     taken = []
     fast = b.m.fast_client
     b.m.fast_client = lambda *args: taken.append(args[2]) or fast(*args)

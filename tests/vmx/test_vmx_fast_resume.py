@@ -12,6 +12,7 @@ from vmxlab.vmx.cpu import VmxCpu
 from vmxlab.vmx.setup import fields_from_state
 
 from bench.vmx import _flat_machine
+from vhelpers import ADVANCE_RIP
 
 GUEST, HOST, VMXON, VMCS, OUT = 0x70000, 0x48000, 0x100000, 0x101000, 0x90000
 
@@ -28,14 +29,7 @@ HOST_CODE = """
     vmread rax, rbx
     cmp eax, 18
     jne other
-    mov rbx, 0x681e
-    vmread rax, rbx
-    mov rbx, 0x440c
-    vmread rcx, rbx
-    add rax, rcx
-    mov rbx, 0x681e
-    vmwrite rbx, rax
-    vmwrite r12, r13
+""" + ADVANCE_RIP + """    vmwrite r12, r13
     vmresume
     hlt
 other:
@@ -115,14 +109,7 @@ def test_requests_armed_in_root_operation_do_not_survive_an_entry_whose_controls
 
 
 MOV_SS_HOST = """
-    mov rbx, 0x681e
-    vmread rax, rbx
-    mov rbx, 0x440c
-    vmread rcx, rbx
-    add rax, rcx
-    mov rbx, 0x681e
-    vmwrite rbx, rax
-    mov ax, ss
+""" + ADVANCE_RIP + """    mov ax, ss
     mov ss, ax
     vmresume               # blocked by MOV SS: VMfailValid(26)
     setz byte ptr [rsp]

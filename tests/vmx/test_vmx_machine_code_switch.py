@@ -10,6 +10,7 @@ from vmxlab.vmx.cpu import VmxCpu
 from vmxlab.vmx.setup import fields_from_state
 
 from bench.vmx import _flat_machine
+from vhelpers import ADVANCE_RIP
 
 GUEST, HOST, VMXON, VMCS = 0x70000, 0x48000, 0x100000, 0x101000
 GUEST_PML4, HOST_FS, GUEST_FS, OUT = 0x20000, 0x600000, 0x601000, 0x90000
@@ -52,14 +53,7 @@ HOST_CODE = """
     vmread rax, rbx
     cmp eax, 18
     je done
-    mov rbx, 0x681e
-    vmread rax, rbx
-    mov rbx, 0x440c
-    vmread rcx, rbx
-    add rax, rcx
-    mov rbx, 0x681e
-    vmwrite rbx, rax
-    vmresume
+""" + ADVANCE_RIP + """    vmresume
     hlt
 done:
     hlt

@@ -4,7 +4,7 @@ code rewritten, a page remapped or another address space at the same linear
 address is decoded again."""
 import struct
 
-from vhelpers import VMCS, VMXON, Bench  # (puts tests/machine on the path)
+from vhelpers import root_bench  # (puts tests/machine on the path)
 from mhelpers import CODE, P, PT, RW, US, q  # noqa: I001
 
 from vmxlab.arch import fields as F
@@ -13,15 +13,6 @@ from vmxlab.machine import StopReason
 
 # two VMX instructions of the same length at the same address, different operands
 FIRST, SECOND = "vmread rax, rbx", "vmread rcx, rbx"
-
-
-def _bench():
-    b = Bench()
-    b.cpu.vmxon(VMXON)
-    b.cpu.vmclear(VMCS)
-    b.cpu.vmptrld(VMCS)
-    b.cpu.vmwrite("GUEST_RIP", 0x1234)
-    return b
 
 
 def _program(insn: str, at: int = CODE) -> bytes:
@@ -37,7 +28,7 @@ def _run(b, expect_rax: int, expect_rcx: int) -> None:
 
 
 def test_code_rewritten_at_the_same_address_is_decoded_again():
-    b = _bench()
+    b = root_bench()
     b.m.load(CODE, _program(FIRST))
     _run(b, 0x1234, 0)
     _run(b, 0x1234, 0)
@@ -46,7 +37,7 @@ def test_code_rewritten_at_the_same_address_is_decoded_again():
 
 
 def test_a_remapped_code_page_is_decoded_again():
-    b = _bench()
+    b = root_bench()
     other = CODE + 0x10000                         # another physical page, same offset
     b.m.load(CODE, _program(FIRST))
     b.m.load(other, _program(SECOND, CODE))
@@ -57,7 +48,7 @@ def test_a_remapped_code_page_is_decoded_again():
 
 
 def test_another_address_space_at_the_same_linear_address_is_decoded_again():
-    b = _bench()
+    b = root_bench()
     other = CODE + 0x10000
     b.m.load(CODE, _program(FIRST))
     b.m.load(other, _program(SECOND, CODE))
@@ -80,7 +71,7 @@ def test_another_address_space_at_the_same_linear_address_is_decoded_again():
 
 
 def test_code_the_program_rewrites_itself_is_decoded_again():
-    b = _bench()
+    b = root_bench()
     a = b.env.code(f"""
         mov rbx, {F.GUEST_RIP:#x}
         xor r9d, r9d
@@ -106,7 +97,7 @@ def test_a_changed_translation_context_is_not_taken_for_the_remembered_one():
     elsewhere while unicorn's TLB would still hold the old page, and the #UD hook
     (called directly, as for an instruction executed from that stale entry) decodes
     through the new context, as decode_at does."""
-    b = _bench()
+    b = root_bench()
     other = CODE + 0x10000
     b.m.load(CODE, _program(FIRST))
     b.m.load(other, _program(SECOND, CODE))
@@ -124,7 +115,7 @@ def test_a_changed_translation_context_is_not_taken_for_the_remembered_one():
 def test_the_same_bytes_in_another_mode_are_decoded_again():
     """VMREAD in compatibility mode (same paging, CS.L = 0): #UD, and the decoding
     kept for the address is the 32-bit one."""
-    b = _bench()
+    b = root_bench()
     b.m.load(CODE, _program(FIRST))
     _run(b, 0x1234, 0)
     b.env.handler(6, "mov r8, 6\nhlt")

@@ -19,6 +19,17 @@ HOST = 0x48000             # host code (machine-code host) or registered Python 
 GSTACK = 0x7F000
 HSTACK = 0x8F000
 
+# host machine code: GUEST_RIP += VM-exit instruction length (RAX, RBX, RCX clobbered)
+ADVANCE_RIP = """
+    mov rbx, 0x681e
+    vmread rax, rbx
+    mov rbx, 0x440c
+    vmread rcx, rbx
+    add rax, rcx
+    mov rbx, 0x681e
+    vmwrite rbx, rax
+"""
+
 
 class Bench:
     def __init__(self, profile=None, memory_size=16 << 20):
@@ -62,3 +73,13 @@ class Bench:
                 cpu.vmwrite("GUEST_RIP", cpu.vmread("GUEST_RIP") + cpu.vmread("VM_EXIT_INSTRUCTION_LEN"))
             cpu.vmresume()
         return handler
+
+
+def root_bench() -> Bench:
+    """A Bench in VMX root operation with a current VMCS whose GUEST_RIP is 0x1234."""
+    b = Bench()
+    b.cpu.vmxon(VMXON)
+    b.cpu.vmclear(VMCS)
+    b.cpu.vmptrld(VMCS)
+    b.cpu.vmwrite("GUEST_RIP", 0x1234)
+    return b

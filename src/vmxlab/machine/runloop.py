@@ -503,13 +503,7 @@ class RunControl:
             self._in_client = False
             tsc.resume()
         if action is _DONE:
-            if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
-                    or self._window_irq or self._window_nmi or self._tsc_deadline is not None
-                    or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
-                if self.shadow_writes == shadow_writes:
-                    self._end_shadow()
-                self._hook_stop = True
-                self.engine.stop()
+            self._after_done(timer, shadow_writes)
             if gprs.pc_writes == pc_writes:   # end the block: what the client changed applies from here
                 gprs.read()
                 gprs.write_pc()
@@ -521,6 +515,19 @@ class RunControl:
             self._pending.append(("stop", Stop(StopReason.EVENT, site.address, ev)))
         else:
             self._pending.append(("native", site))
+
+    def _after_done(self, timer, shadow_writes: int) -> None:
+        """A client did an instruction inside a hook: what it left for the boundary
+        (pending events, interrupt and NMI windows, deadlines, HLT, a code flush)
+        ends the segment -- and the interrupt shadow, unless the client loaded the
+        interruptibility itself (_end_shadow)."""
+        if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
+                or self._window_irq or self._window_nmi or self._tsc_deadline is not None
+                or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
+            if self.shadow_writes == shadow_writes:
+                self._end_shadow()
+            self._hook_stop = True
+            self.engine.stop()
 
     def _on_intr(self, uc, intno: int, ud) -> None:
         blob = self.blob.load()
@@ -687,13 +694,7 @@ class RunControl:
             return False
         if done is not True:
             if done is _DONE:
-                if (self._pending or self._tb_flush_pending or self._smc_pending or self._irr or self._nmi_pending
-                        or self._window_irq or self._window_nmi or self._tsc_deadline is not None
-                        or self.activity != EV.ACTIVITY_ACTIVE or self.timer.deadline != timer):
-                    if self.shadow_writes == shadow_writes:
-                        self._end_shadow()
-                    self._hook_stop = True
-                    self.engine.stop()
+                self._after_done(timer, shadow_writes)
             else:                           # a Stop
                 self._hook_stop = True
                 self.engine.stop()
