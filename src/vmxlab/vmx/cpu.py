@@ -82,7 +82,6 @@ _VMX_EXIT = {Kind.VMXON: X.VMON, Kind.VMXOFF: X.VMOFF, Kind.VMCLEAR: X.VMCLEAR, 
 
 _CONTROL_FIELDS = frozenset(f.encoding for f in F.FIELDS if f.type == "control")
 _HOST_FIELDS = frozenset(f.encoding for f in F.FIELDS if f.type == "host")
-_HOST_OR_CONTROL = _HOST_FIELDS | _CONTROL_FIELDS
 # what saving guest state can change: the guest area, the IA-32e mode guest control
 # (IA32_VMX_MISC[5]), the PDPTEs, the preemption timer
 _SAVED_FIELDS = tuple(dict.fromkeys((*VMCS_ENCODINGS, F.VM_ENTRY_CONTROLS, F.GUEST_PDPTR0, F.GUEST_PDPTR1,
@@ -352,14 +351,14 @@ class VmxCpu:
         if field.__class__ is not int:
             self.vmwrite(F.by_name(field).encoding, value)
             return
-        enc = field
-        if lazy is not None and (enc & 0xC00) == 0x800 and enc & ~1 not in lazy.written:
-            self._lazy_guest_field(enc & ~1)     # HIGH writes keep the low half: fill it first
-        self._py(self.vmx.vmwrite(self._ctx(), enc, value))
+        full = field & ~1                         # (a HIGH access encoding names its 64-bit field)
+        if lazy is not None and (field & 0xC00) == 0x800 and full not in lazy.written:
+            self._lazy_guest_field(full)          # HIGH writes keep the low half: fill it first
+        self._py(self.vmx.vmwrite(self._ctx(), field, value))
         if lazy is not None:
-            lazy.written.add(enc & ~1)
+            lazy.written.add(full)
         if self._dirty is not None:
-            self._dirty.add(enc & ~1)
+            self._dirty.add(full)
 
     def invept(self, itype: int, eptp: int = 0) -> None:
         self._py(self.vmx.invept(self.context(), itype, struct.pack("<QQ", eptp, 0)))
@@ -1569,17 +1568,10 @@ class VmxCpu:
             # GUEST_RIP changed (what _fast_reentry and the rest below do in that case)
             self.quick_checks += 1
             if q[2](v, q[3], q[4]) < 0 and (q[5] is None or self._compose_round_trip(v, *q[5])):
-                m = self.m
-                m.gprs.values[REG.RIP] = v[F.GUEST_RIP]
-                m.gprs.write_pc()
-                m.shadow_writes += 1              # VM entry: the guest's interruptibility stands
-                self._lazy = None
-                self._dirty = set()
-                self.vmx.non_root = True
-                if self._rearm_needed:
-                    self._rearm(v)
-                if not self._vpid:
-                    m.flush_tlb()
+                gprs = self.m.gprs
+                gprs.values[REG.RIP] = v[F.GUEST_RIP]
+                gprs.write_pc()
+                self._lazy_entered(v, False)
                 return
         ctx = self._hctx or self._ctx()
         dirty = self._dirty
@@ -1612,27 +1604,31 @@ class VmxCpu:
             self.materialize()
             self._enter_from(self._host_context(), launch=False, python=True)
             return
-        self._lazy = None
-        self._dirty = set()
         self._dirty_key = key
-        self.vmx.non_root = True
-        self.m.shadow_writes += 1                 # VM entry: the guest's interruptibility stands
-        if not written.isdisjoint(_HOST_OR_CONTROL):
-            if not written.isdisjoint(_HOST_FIELDS):
-                self._hctx = None
-            if not written.isdisjoint(_CONTROL_FIELDS):
-                self._plan = None
-                self._subscribe_nonroot(v)
-            elif self._rearm_needed:
-                self._rearm(v)
-        elif self._rearm_needed:
-            self._rearm(v)
-        if not self._vpid:
-            self.m.flush_tlb()
+        if not written.isdisjoint(_HOST_FIELDS):
+            self._hctx = None
+        self._lazy_entered(v, not written.isdisjoint(_CONTROL_FIELDS))
         if v.get(F.VM_ENTRY_INTR_INFO_FIELD, 0) & _VALID:
             self._inject(v)
         else:
             self._quick = self._quick_resume(vmcs, v, key)
+
+    def _lazy_entered(self, v: dict[int, int], controls_written: bool) -> None:
+        """The end of a lazy VMRESUME that succeeded (both paths of _lazy_resume): VMX
+        non-root operation with the guest's state as the machine holds it (its
+        interruptibility stands), intercepts following the controls when the host
+        wrote one, else what every entry re-arms, and without VPID a TLB flush."""
+        self._lazy = None
+        self._dirty = set()
+        self.vmx.non_root = True
+        self.m.shadow_writes += 1
+        if controls_written:
+            self._plan = None
+            self._subscribe_nonroot(v)
+        elif self._rearm_needed:
+            self._rearm(v)
+        if not self._vpid:
+            self.m.flush_tlb()
 
     def _quick_resume(self, vmcs: Vmcs, v: dict[int, int], key: tuple) -> tuple | None:
         """What the next lazy VMRESUME that changed only GUEST_RIP needs, when this
