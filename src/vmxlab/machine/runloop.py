@@ -203,7 +203,7 @@ class RunControl:
             target = t1 if t2 is None else (t2 if t1 is None else min(t1, t2))
             d = time.perf_counter() + self.tsc.seconds_until(target)
             deadline = d if deadline is None else min(deadline, d)
-        if (self._nmi_pending or self._irr or self._window_irq or self._window_nmi) and self._needs_stepping():
+        if self._window_waits() and self._needs_stepping():
             self._begin_stepping()
         wd = self._watchdog
         if deadline is not None:
@@ -270,7 +270,7 @@ class RunControl:
             stop = self._request_event(Event(Kind.TSC_DEADLINE, self.rip))
             if stop is not None:
                 return stop
-        if not (self._nmi_pending or self._irr or self._window_irq or self._window_nmi):
+        if not self._window_waits():
             return None
         blob = self.blob.load()
         shadow = bool(blob.hflags & CB.HF_INHIBIT_IRQ)
@@ -313,6 +313,10 @@ class RunControl:
             if stop is not None:
                 return stop
         return None
+
+    def _window_waits(self) -> bool:
+        """An interrupt or NMI waits for its window, or a window exit is requested."""
+        return bool(self._nmi_pending or self._irr or self._window_irq or self._window_nmi)
 
     def _needs_stepping(self) -> bool:
         """Something waits for an interrupt or NMI window that is closed now."""
@@ -842,7 +846,7 @@ class RunControl:
         would last one more (and hold back a pending interrupt until then).  Only
         where something waits for the shadow (reading it costs a context save); True
         then (inside a hook: end the segment, the boundary delivers)."""
-        if self._irr or self._nmi_pending or self._window_irq or self._window_nmi:
+        if self._window_waits():
             blob = self.blob.load()
             if blob.hflags & CB.HF_INHIBIT_IRQ:
                 blob.hflags = blob.hflags & ~CB.HF_INHIBIT_IRQ
