@@ -309,16 +309,21 @@ def test_guest_runs_under_identity_ept():
     assert gpr(b, "RBX") == 0x55 and b.m.mem.read64(0x61000) == 0x55
 
 
-def test_ept_violation_qualification_and_addresses():
-    # EPT maps guest-physical 0x200000-0x3FFFFF read-only (a 2-MiB leaf with R|X only)
+def _first_ept_exit(second_pde: int, source: str):
+    """`source` as a guest under ept_bench's EPT with its PD entry for guest-physical
+    0x200000-0x3FFFFF replaced by `second_pde`; the first exit stops the run."""
     b, eptp = ept_bench()
-    pd = ept_pd(b, eptp)
-    b.m.mem.write64(pd + 8, 0x200000 | 0b101 | (6 << 3) | 0x80)
-    b.start("mov rax, 0x200010\nmov rbx, [rax]\nmov qword ptr [rax], 1\nhlt", controls=ept_controls(b),
-            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("violation")),
+    b.m.mem.write64(ept_pd(b, eptp) + 8, second_pde)
+    b.start(source, controls=ept_controls(b), host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("exit")),
             fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1})
     b.cpu.run(time_budget=5)
-    e = b.exits[0]
+    return b, b.exits[0]
+
+
+def test_ept_violation_qualification_and_addresses():
+    # EPT maps guest-physical 0x200000-0x3FFFFF read-only (a 2-MiB leaf with R|X only)
+    b, e = _first_ept_exit(0x200000 | 0b101 | (6 << 3) | 0x80,
+                           "mov rax, 0x200010\nmov rbx, [rax]\nmov qword ptr [rax], 1\nhlt")
     # data write (bit 1), readable (3) and executable (5) but not writable, GLA valid (7),
     # access to the translated address (8)
     assert e.basic == X.EPT_VIOLATION
@@ -331,14 +336,7 @@ def test_ept_violation_qualification_and_addresses():
 def test_ept_violation_of_a_read_modify_write_reports_a_data_write():
     # "Exit Qualification for EPT Violations": a read-modify-write "sets bit 1 (data
     # write). Whether it also sets bit 0 (data read) is implementation-specific"
-    b, eptp = ept_bench()
-    pd = ept_pd(b, eptp)
-    b.m.mem.write64(pd + 8, 0)                    # guest-physical 0x200000-0x3FFFFF not present
-    b.start("mov rax, 0x200010\nadd qword ptr [rax], 1\nhlt", controls=ept_controls(b),
-            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("violation")),
-            fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1})
-    b.cpu.run(time_budget=5)
-    e = b.exits[0]
+    _b, e = _first_ept_exit(0, "mov rax, 0x200010\nadd qword ptr [rax], 1\nhlt")   # 0x200000-0x3FFFFF not present
     assert e.basic == X.EPT_VIOLATION
     assert e.qualification & 0b10                 # data write
     assert e.qualification & ~0b1 == 0b10 | (1 << 7) | (1 << 8)   # nothing readable/writable/executable
@@ -346,14 +344,8 @@ def test_ept_violation_of_a_read_modify_write_reports_a_data_write():
 
 
 def test_ept_misconfiguration():
-    b, eptp = ept_bench()
-    pd = ept_pd(b, eptp)
-    b.m.mem.write64(pd + 8, 0x200000 | 0b010 | (6 << 3) | 0x80)   # write-only: a misconfiguration
-    b.start("mov rax, 0x200010\nmov rbx, [rax]\nhlt", controls=ept_controls(b),
-            host=lambda cpu: (b.exits.append(cpu.exit), cpu.stop("misconfig")),
-            fields={"EPT_POINTER": eptp, "VIRTUAL_PROCESSOR_ID": 1})
-    b.cpu.run(time_budget=5)
-    e = b.exits[0]
+    _b, e = _first_ept_exit(0x200000 | 0b010 | (6 << 3) | 0x80,      # write-only: a misconfiguration
+                            "mov rax, 0x200010\nmov rbx, [rax]\nhlt")
     assert e.basic == X.EPT_MISCONFIG and e.guest_physical == 0x200010 and e.qualification == 0
 
 
